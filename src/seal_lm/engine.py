@@ -1,0 +1,265 @@
+"""The model with K adapter slots: batched generation and batched LoRA training, no reloads.
+
+One `Engine` holds the base model for a whole run. `train(plans)` fits one fresh adapter per plan,
+all in the same forward/backward passes (see lora.py); `generate(prompts, adapters=...)` decodes a
+batch in which each row may use a different adapter (or none). Between groups of self-edits the
+adapters are reset in memory; the base weights are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .lora import BatchedAdamW, LoRAConfig, MultiLoRA, clip_grad_norm_per_adapter
+from .models import LoadedModel
+
+
+@dataclass
+class TrainConfig:
+    """How each inner-loop adapter is trained (paper defaults: lr 1e-3, 10 epochs)."""
+
+    learning_rate: float = 1e-3
+    """Adam learning rate, unless a plan (e.g. an ARC recipe) sets its own."""
+    epochs: int = 10
+    """Passes over the plan's sequences, unless the plan sets its own."""
+    batch_size: int = 1
+    """Sequences per adapter per optimizer step."""
+    max_seq_len: int = 512
+    """Longer sequences are truncated (on the right)."""
+    lr_schedule: str = "constant"
+    """'constant' or 'linear' (decay to 0 over the adapter's own steps, as HF Trainer's default)."""
+    grad_clip: float = 1.0
+    """Per-adapter gradient-norm clip; 0 disables."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    batch_size: int = 16
+    """Prompts decoded together (rows of one generate call)."""
+
+
+@dataclass
+class TrainPlan:
+    """What one adapter is trained on: (prompt, completion) pairs, loss on completion tokens only."""
+
+    examples: list[tuple[str, str]]
+    learning_rate: float | None = None
+    epochs: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainStats:
+    losses: list[list[float]] = field(default_factory=list)  # per adapter, per step
+    tokens: int = 0  # real (non-pad) tokens processed in forward passes
+    trained_tokens: int = 0  # tokens that carried loss
+    steps: int = 0
+    seconds: float = 0.0
+
+
+class Engine:
+    """A loaded model with `n_slots` LoRA adapters attached."""
+
+    def __init__(self, loaded: LoadedModel, n_slots: int, lora: LoRAConfig | None = None):
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.name = loaded.name
+        # One extra slot stays at B = 0 forever: rows that want the bare base model use it, so a
+        # single generate batch can mix adapted and unadapted rows.
+        self.lora = MultiLoRA(self.model, n_slots + 1, lora or LoRAConfig())
+        self.lora.reset()
+        self.n_slots = n_slots
+        self.base_slot = n_slots
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ tokenization
+    def encode_example(self, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 on prompt tokens) of one training example."""
+        p_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        c_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        ids = (p_ids + c_ids)[:max_len]
+        labels = ([-100] * len(p_ids) + c_ids)[:max_len]
+        return ids, labels
+
+    # ------------------------------------------------------------------ training
+    def train(self, plans: list[TrainPlan], cfg: TrainConfig, progress: bool = True) -> TrainStats:
+        """Fit adapter slot k on plans[k] (fresh init from plans[k].seed); all plans in lockstep.
+
+        Each step takes the next minibatch of every adapter that still has steps left; adapters with
+        fewer steps simply drop out of later batches (and their optimizer state stops moving)."""
+        if len(plans) > self.n_slots:
+            raise ValueError(f"{len(plans)} plans but only {self.n_slots} adapter slots")
+        k_n = len(plans)
+        self.lora.reset(seeds=[p.seed for p in plans], adapters=list(range(k_n)))
+        encoded = [[self.encode_example(p, c, cfg.max_seq_len) for p, c in plan.examples] for plan in plans]
+        # Each adapter's minibatch schedule: epoch-wise shuffles from its own seed, so the order is the
+        # same whether it trains alone or beside others.
+        schedules: list[list[list[int]]] = []
+        lrs: list[float] = []
+        for plan, enc in zip(plans, encoded):
+            rng = random.Random(plan.seed)
+            sched = []
+            for _ in range(plan.epochs if plan.epochs is not None else cfg.epochs):
+                order = [i for i in range(len(enc)) if any(l != -100 for l in enc[i][1])]
+                rng.shuffle(order)
+                sched += [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            schedules.append(sched)
+            lrs.append(plan.learning_rate if plan.learning_rate is not None else cfg.learning_rate)
+
+        params = self.lora.parameters()
+        for p in params:
+            p.requires_grad_(True)
+        opt = BatchedAdamW(params, self.lora.n_adapters, weight_decay=cfg.weight_decay)
+        stats = TrainStats(losses=[[] for _ in plans])
+        n_steps = max((len(s) for s in schedules), default=0)
+        pad = self.tokenizer.pad_token_id
+        dev = self.device
+        t0 = time.perf_counter()
+        self.model.train()
+        bar = tqdm(total=n_steps, desc=f"train {k_n} adapter(s)", disable=not progress, leave=False)
+        try:
+            for step in range(n_steps):
+                rows, row_adapter = [], []
+                for k, sched in enumerate(schedules):
+                    if step < len(sched):
+                        for i in sched[step]:
+                            rows.append(encoded[k][i])
+                            row_adapter.append(k)
+                if not rows:
+                    break
+                width = max(len(ids) for ids, _ in rows)
+                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                labels = torch.full((len(rows), width), -100, dtype=torch.long)
+                attn = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, (ids, lab) in enumerate(rows):
+                    input_ids[r, : len(ids)] = torch.tensor(ids)
+                    labels[r, : len(lab)] = torch.tensor(lab)
+                    attn[r, : len(ids)] = 1
+                input_ids, labels, attn = input_ids.to(dev), labels.to(dev), attn.to(dev)
+                index = torch.tensor(row_adapter, dtype=torch.long)
+                with self.lora.use(index):
+                    per_adapter = self._per_adapter_loss(input_ids, attn, labels, index.to(dev), k_n)
+                active = torch.zeros(self.lora.n_adapters, dtype=torch.bool)
+                active[index.unique()] = True
+                per_adapter.sum().backward()  # adapter k only sees its own loss's gradient
+                if cfg.grad_clip > 0:
+                    clip_grad_norm_per_adapter(params, cfg.grad_clip, self.lora.n_adapters)
+                lr_now = torch.zeros(self.lora.n_adapters)
+                for k in range(k_n):
+                    total = len(schedules[k])
+                    frac = 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / max(total, 1))
+                    lr_now[k] = lrs[k] * frac
+                opt.step(lr_now, active)
+                opt.zero_grad()
+                for k in range(k_n):
+                    if active[k]:
+                        stats.losses[k].append(float(per_adapter[k].detach()))
+                stats.tokens += int(attn.sum())
+                stats.trained_tokens += int((labels[:, 1:] != -100).sum())
+                stats.steps += 1
+                bar.update(1)
+        finally:
+            bar.close()
+            self.model.eval()
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _per_adapter_loss(self, input_ids, attn, labels, index, k_n) -> torch.Tensor:
+        """Mean next-token loss of each adapter's rows. The LM head runs only on positions that carry
+        a label (the vocabulary projection is ~20% of a small model's FLOPs; padding and prompt
+        positions would waste it)."""
+        decoder = getattr(self.model, self.model.base_model_prefix)
+        hidden = decoder(input_ids=input_ids, attention_mask=attn).last_hidden_state
+        shift_labels = labels[:, 1:]
+        mask = shift_labels != -100
+        h = hidden[:, :-1][mask]
+        logits = self.model.get_output_embeddings()(h).float()
+        tok_loss = F.cross_entropy(logits, shift_labels[mask], reduction="none")
+        row_of_tok = index.view(-1, 1).expand_as(shift_labels)[mask]
+        sums = torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
+        counts = torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, torch.ones_like(tok_loss))
+        return sums / counts.clamp(min=1)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        cfg: GenerationConfig,
+        adapters: list[int | None] | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> tuple[list[str], int]:
+        """Decode `prompts` (already formatted, e.g. with the chat template) in batches.
+
+        adapters[i] is the slot used for prompt i (None: the bare base model). Rows are grouped by
+        length so padding stays small. Returns (texts, number of generated tokens)."""
+        adapters = adapters if adapters is not None else [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[str] = [""] * len(prompts)
+        n_tokens = 0
+        eos = self.tokenizer.eos_token_id
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for b, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
+            enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            rows = [adapters[i] for i in batch]
+            index = None if all(a is None for a in rows) else torch.tensor(
+                [a if a is not None else self.base_slot for a in rows], dtype=torch.long)
+            torch.manual_seed(seed * 1_000_003 + b)
+            kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                          eos_token_id=eos)
+            if cfg.temperature > 0:
+                kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with self.lora.use(index):
+                gen = self.model.generate(**enc, **kwargs)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for row, i in enumerate(batch):
+                toks = new[row].tolist()
+                if eos in toks:
+                    toks = toks[: toks.index(eos)]
+                n_tokens += len(toks)
+                out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        return out, n_tokens
+
+def chat_prompt(tokenizer, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
+    """Format one user turn with the tokenizer's chat template (plain text if it has none)."""
+    if getattr(tokenizer, "chat_template", None):
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return text + assistant_prefix
+    return (f"{system}\n\n" if system else "") + user + ("\n" if not user.endswith("\n") else "") + assistant_prefix
+
+
+def flops_per_token(model, trainable_only_backward: bool = True) -> float:
+    """Approximate training FLOPs per token: 2N forward + 2N backward (input grads only; the base is
+    frozen, so no weight grads) — the usual 6N rule minus the skipped weight-gradient matmuls."""
+    n = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_)
+    return (4.0 if trainable_only_backward else 6.0) * n
+
+
+def num_batches(n: int, size: int) -> int:
+    return math.ceil(n / size) if n else 0

@@ -1,0 +1,239 @@
+"""Batched LoRA: K independent adapters on one frozen base model, trained in one forward/backward.
+
+Why hand-written: SEAL evaluates many self-edits of one context, each with a *fresh* LoRA. peft
+trains one adapter at a time (its mixed-adapter batches are inference-only), so a straightforward
+loop pays Python/autograd/optimizer overhead K times on tiny batches of 20-60-token lines. Here every
+batch row carries the index of its own adapter; each wrapped linear gathers that row's A and B and
+adds `scale * B_k A_k x` to the frozen base output. Losses are summed over adapters (each adapter's
+loss is the mean over its own tokens), so adapter k's gradient is exactly what it would get alone,
+and the optimizer (`BatchedAdamW`) keeps separate step counts, learning rates and an active mask per
+adapter. Training K adapters together therefore gives the same losses and weights as training them
+one by one (tests/test_lora.py checks this), only faster.
+
+The base weights are never modified, so `reset()` (fresh A, zero B) restores the base model's
+outputs exactly, with no reload. `merge_into_base()` is the one deliberate exception (continual setting).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoRAConfig:
+    """Shape of the inner-loop adapters (paper defaults for knowledge incorporation)."""
+
+    r: int = 32
+    """LoRA rank."""
+    alpha: float = 64.0
+    """LoRA scaling numerator: the update is (alpha / r) * B A."""
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Names (last path component) of the nn.Linear modules that get an adapter."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (0 keeps batched and one-by-one training bit-comparable)."""
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen nn.Linear plus K LoRA adapters; row b of the batch uses adapter `index[b]`."""
+
+    def __init__(self, base: nn.Linear, n_adapters: int, cfg: LoRAConfig, owner: "MultiLoRA"):
+        super().__init__()
+        self.base = base
+        self.scale = cfg.scale
+        p = dict(device=base.weight.device, dtype=torch.float32)  # adapters train in fp32 even on a bf16 base
+        self.lora_A = nn.Parameter(torch.zeros(n_adapters, cfg.r, base.in_features, **p))
+        self.lora_B = nn.Parameter(torch.zeros(n_adapters, base.out_features, cfg.r, **p))
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self._owner = [owner]  # a list so the owner is not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        index = self._owner[0].active_index
+        if index is None:
+            return y
+        a = self.lora_A[index].to(x.dtype)  # [B, r, in]
+        b = self.lora_B[index].to(x.dtype)  # [B, out, r]
+        squeeze = x.dim() == 2
+        h = self.dropout(x.unsqueeze(1) if squeeze else x)
+        delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2))
+        return y + self.scale * (delta.squeeze(1) if squeeze else delta)
+
+
+class MultiLoRA:
+    """Attach K adapters to every target linear of `model`; select per row with `use(index)`."""
+
+    def __init__(self, model: nn.Module, n_adapters: int, cfg: LoRAConfig | None = None):
+        self.model = model
+        self.cfg = cfg or LoRAConfig()
+        self.n_adapters = n_adapters
+        self.active_index: torch.Tensor | None = None
+        self.modules: list[tuple[str, MultiLoRALinear]] = []
+        for p in model.parameters():
+            p.requires_grad_(False)
+        targets = set(self.cfg.target_modules)
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear) and child_name in targets:
+                    wrapped = MultiLoRALinear(child, n_adapters, self.cfg, self)
+                    setattr(module, child_name, wrapped)
+                    self.modules.append((f"{name}.{child_name}" if name else child_name, wrapped))
+        if not self.modules:
+            raise ValueError(f"no nn.Linear named any of {sorted(targets)} in the model")
+
+    # -- parameters -------------------------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, m in self.modules for p in (m.lora_A, m.lora_B)]
+
+    @torch.no_grad()
+    def reset(self, seeds: list[int] | None = None, adapters: list[int] | None = None) -> None:
+        """Fresh adapters: A ~ kaiming-uniform (as peft), B = 0, so every adapter starts as a no-op.
+
+        Adapter k's A is drawn from its own generator seeded by seeds[k], so adapter k gets the same
+        initial weights whether K=1 or K=8 adapters are attached."""
+        adapters = list(range(self.n_adapters)) if adapters is None else adapters
+        seeds = seeds if seeds is not None else adapters
+        for k, seed in zip(adapters, seeds, strict=True):
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+            for _, m in self.modules:
+                fan_in = m.lora_A.shape[2]
+                bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) as in nn.Linear / peft
+                a = torch.rand(m.lora_A.shape[1:], generator=gen) * 2 * bound - bound
+                m.lora_A[k].copy_(a)
+                m.lora_B[k].zero_()
+
+    @contextmanager
+    def use(self, index: torch.Tensor | list[int] | int | None):
+        """Route batch row b through adapter index[b] (an int: every row; None: the bare base model)."""
+        prev = self.active_index
+        if isinstance(index, int):
+            index = [index]
+        if isinstance(index, list):
+            index = torch.tensor(index, dtype=torch.long)
+        dev = self.modules[0][1].lora_A.device
+        self.active_index = index.to(dev) if index is not None else None
+        try:
+            yield
+        finally:
+            self.active_index = prev
+
+    def adapter_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Adapter k in peft's key layout (`base_model.model.<module>.lora_A.weight`)."""
+        out = {}
+        for name, m in self.modules:
+            out[f"base_model.model.{name}.lora_A.weight"] = m.lora_A[k].detach().clone()
+            out[f"base_model.model.{name}.lora_B.weight"] = m.lora_B[k].detach().clone()
+        return out
+
+    @torch.no_grad()
+    def load_adapter_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        for name, m in self.modules:
+            m.lora_A[k].copy_(state[f"base_model.model.{name}.lora_A.weight"])
+            m.lora_B[k].copy_(state[f"base_model.model.{name}.lora_B.weight"])
+
+    def save_peft(self, k: int, out_dir: str | Path, base_model_name: str = "") -> Path:
+        """Write adapter k as a peft adapter directory (loadable with PeftModel.from_pretrained)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({n: t.contiguous() for n, t in self.adapter_state(k).items()}, out_dir / "adapter_model.safetensors")
+        (out_dir / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": self.cfg.r, "lora_alpha": self.cfg.alpha,
+            "lora_dropout": self.cfg.dropout, "target_modules": sorted(self.cfg.target_modules),
+            "bias": "none", "base_model_name_or_path": base_model_name, "fan_in_fan_out": False,
+            "inference_mode": True,
+        }, indent=2))
+        return out_dir
+
+    @torch.no_grad()
+    def merge_into_base(self, k: int) -> None:
+        """Fold adapter k into the base weights (W += scale * B A) and zero it. Changes the base!"""
+        for _, m in self.modules:
+            w = m.base.weight
+            w.add_((m.scale * (m.lora_B[k] @ m.lora_A[k])).to(w.dtype))
+            m.lora_B[k].zero_()
+
+    def detach(self) -> nn.Module:
+        """Remove the wrappers, returning the model with its original nn.Linear modules."""
+        for name, m in self.modules:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child, m.base)
+        self.modules = []
+        return self.model
+
+
+@dataclass
+class BatchedAdamW:
+    """AdamW over stacked per-adapter parameters [K, ...], with per-adapter lr, step and activity.
+
+    torch.optim.AdamW cannot give slices of one tensor different learning rates or skip slices whose
+    adapter has finished its epochs (momentum would keep moving them), which batched SEAL needs:
+    ARC recipes choose their own learning rate and epochs."""
+
+    params: list[nn.Parameter]
+    n_adapters: int
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    state: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    steps: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.steps = torch.zeros(self.n_adapters, dtype=torch.long)
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, active: torch.Tensor) -> None:
+        """lr: [K] learning rates for this step; active: [K] bool, adapters that had data this step."""
+        self.steps += active.long()
+        b1, b2 = self.betas
+        t = self.steps.clamp(min=1).double()
+        bc1 = (1 - b1 ** t).float()
+        bc2 = (1 - b2 ** t).float()
+        dev = self.params[0].device
+        act, lr, bc1, bc2 = (x.to(dev) for x in (active, lr.float(), bc1, bc2))
+        for p, (m, v) in zip(self.params, self.state):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad
+            a = act.view(shape)
+            m.copy_(torch.where(a, m * b1 + (1 - b1) * g, m))
+            v.copy_(torch.where(a, v * b2 + (1 - b2) * g * g, v))
+            update = (m / bc1.view(shape)) / ((v / bc2.view(shape)).sqrt() + self.eps)
+            if self.weight_decay:
+                update = update + self.weight_decay * p
+            p.sub_(torch.where(a, lr.view(shape) * update, torch.zeros_like(p)))
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+def clip_grad_norm_per_adapter(params: list[nn.Parameter], max_norm: float, n_adapters: int) -> torch.Tensor:
+    """Clip each adapter's gradient to max_norm over all its slices (what clipping it alone would do)."""
+    sq = torch.zeros(n_adapters, device=params[0].device)
+    for p in params:
+        if p.grad is not None:
+            sq += p.grad.float().pow(2).flatten(1).sum(1)
+    norms = sq.sqrt()
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor.view((-1,) + (1,) * (p.dim() - 1)).to(p.grad.dtype))
+    return norms

@@ -1,0 +1,97 @@
+"""Batched multi-adapter LoRA: equal to one-by-one training, equal to peft, and resettable."""
+
+import torch
+
+from seal_lm.engine import Engine, GenerationConfig, TrainConfig, TrainPlan
+from seal_lm.lora import LoRAConfig
+
+PLANS = [
+    TrainPlan([("", "The Varnholt Bridge was finished in 1874."), ("", "Oda Pellinen built it."),
+               ("Q: who? A:", " Oda Pellinen")], seed=11),
+    TrainPlan([("", "Selka river runs north."), ("", "It freezes every winter in the valley of Tarn.")],
+              seed=22, learning_rate=3e-3, epochs=2),
+    TrainPlan([("", "A single long line about the fictional town of Brask and its seven towers of stone.")],
+              seed=33, epochs=4),
+]
+CFG = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=2, grad_clip=1.0, lr_schedule="linear")
+
+
+def _logits(engine, text="The bridge was built by", adapter=None):
+    ids = engine.tokenizer(text, return_tensors="pt")
+    with engine.lora.use(adapter):
+        return engine.model(**ids).logits
+
+
+def test_batched_training_equals_one_by_one(tiny):
+    import copy
+
+    engine = Engine(copy.deepcopy(tiny), n_slots=3, lora=LoRAConfig(r=4, alpha=8))
+    batched = engine.train(PLANS, CFG, progress=False)
+    batched_state = [engine.lora.adapter_state(k) for k in range(3)]
+
+    single = Engine(tiny, n_slots=1, lora=LoRAConfig(r=4, alpha=8))
+    for k, plan in enumerate(PLANS):
+        stats = single.train([plan], CFG, progress=False)
+        torch.testing.assert_close(torch.tensor(stats.losses[0]), torch.tensor(batched.losses[k]),
+                                   rtol=1e-4, atol=1e-5)
+        state = single.lora.adapter_state(0)
+        for name, t in state.items():
+            torch.testing.assert_close(t, batched_state[k][name], rtol=1e-3, atol=5e-5)
+    # Different plans really trained differently (the test would pass trivially otherwise).
+    assert len(batched.losses[0]) == 3 * 2 and len(batched.losses[1]) == 2 and len(batched.losses[2]) == 4
+    assert batched.losses[2][-1] < batched.losses[2][0]
+
+
+def test_training_reduces_loss_and_reset_restores_base_exactly(tiny):
+    engine = Engine(tiny, n_slots=2, lora=LoRAConfig(r=4, alpha=8))
+    before = _logits(engine).clone()
+    plan = TrainPlan([("", "The bridge was built by Oda Pellinen in 1874.")], seed=1, epochs=20)
+    stats = engine.train([plan], TrainConfig(learning_rate=5e-3), progress=False)
+    # a random 2-layer model with frozen tiny embeddings cannot go far below ln(vocab); a clear drop suffices
+    assert stats.losses[0][-1] < stats.losses[0][0] - 0.5
+    adapted = _logits(engine, adapter=0)
+    assert not torch.allclose(adapted, before)
+    assert torch.equal(_logits(engine), before)  # no adapter selected: the base path is untouched
+    engine.lora.reset()
+    assert torch.equal(_logits(engine, adapter=0), before)  # B = 0 after reset: bit-identical
+    assert torch.equal(_logits(engine, adapter=engine.base_slot), before)
+
+
+def test_matches_peft_forward(tiny):
+    """Our adapter in peft's layout gives the same outputs as peft's own LoRA implementation."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    engine = Engine(copy.deepcopy(tiny), n_slots=1, lora=LoRAConfig(r=4, alpha=8))
+    engine.train([TrainPlan([("", "some text to learn from, twice over")], seed=3, epochs=3)],
+                 TrainConfig(learning_rate=1e-2), progress=False)
+    ours = _logits(engine, adapter=0)
+    peft_model = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(
+        r=4, lora_alpha=8, target_modules=list(engine.lora.cfg.target_modules), lora_dropout=0.0))
+    state = {k.replace(".weight", ".default.weight"): v for k, v in engine.lora.adapter_state(0).items()}
+    missing = peft_model.load_state_dict(state, strict=False)
+    assert not missing.unexpected_keys
+    ids = engine.tokenizer("The bridge was built by", return_tensors="pt")
+    torch.testing.assert_close(peft_model(**ids).logits, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_mixes_adapted_and_base_rows(tiny):
+    engine = Engine(tiny, n_slots=1, lora=LoRAConfig(r=4, alpha=8))
+    engine.train([TrainPlan([("", "zebra zebra zebra zebra")], seed=0, epochs=30)],
+                 TrainConfig(learning_rate=2e-2), progress=False)
+    cfg = GenerationConfig(max_new_tokens=4, temperature=0.0, batch_size=4)
+    base_only, _ = engine.generate(["hello there", "hello there"], cfg)
+    mixed, n = engine.generate(["hello there", "hello there"], cfg, adapters=[None, 0])
+    assert mixed[0] == base_only[0]
+    assert mixed[1] != base_only[1]
+    assert n > 0
+
+
+def test_merge_into_base_keeps_function(tiny):
+    engine = Engine(tiny, n_slots=1, lora=LoRAConfig(r=4, alpha=8))
+    engine.train([TrainPlan([("", "merge me into the base weights")], seed=5, epochs=5)],
+                 TrainConfig(learning_rate=1e-2), progress=False)
+    adapted = _logits(engine, adapter=0)
+    engine.lora.merge_into_base(0)
+    torch.testing.assert_close(_logits(engine), adapted, rtol=1e-4, atol=1e-4)
