@@ -99,15 +99,18 @@ class Engine:
         return ids, labels
 
     # ------------------------------------------------------------------ training
-    def train(self, plans: list[TrainPlan], cfg: TrainConfig, progress: bool = True) -> TrainStats:
-        """Fit adapter slot k on plans[k] (fresh init from plans[k].seed); all plans in lockstep.
+    def train(self, plans: list[TrainPlan], cfg: TrainConfig, progress: bool = True,
+              slots: list[int] | None = None) -> TrainStats:
+        """Fit adapter slots[k] (default: slot k) on plans[k], fresh init from plans[k].seed; all
+        plans in lockstep. Other slots are left as they are.
 
         Each step takes the next minibatch of every adapter that still has steps left; adapters with
         fewer steps simply drop out of later batches (and their optimizer state stops moving)."""
-        if len(plans) > self.n_slots:
-            raise ValueError(f"{len(plans)} plans but only {self.n_slots} adapter slots")
+        slots = list(range(len(plans))) if slots is None else list(slots)
+        if len(slots) != len(plans) or len(set(slots)) != len(slots) or any(not 0 <= s < self.n_slots for s in slots):
+            raise ValueError(f"{len(plans)} plans need distinct slots in [0, {self.n_slots}); got {slots}")
         k_n = len(plans)
-        self.lora.reset(seeds=[p.seed for p in plans], adapters=list(range(k_n)))
+        self.lora.reset(seeds=[p.seed for p in plans], adapters=slots)
         encoded = [[self.encode_example(p, c, cfg.max_seq_len) for p, c in plan.examples] for plan in plans]
         # Each adapter's minibatch schedule: epoch-wise shuffles from its own seed, so the order is the
         # same whether it trains alone or beside others.
@@ -153,11 +156,12 @@ class Engine:
                     labels[r, : len(lab)] = torch.tensor(lab)
                     attn[r, : len(ids)] = 1
                 input_ids, labels, attn = input_ids.to(dev), labels.to(dev), attn.to(dev)
-                index = torch.tensor(row_adapter, dtype=torch.long)
-                with self.lora.use(index):
-                    per_adapter = self._per_adapter_loss(input_ids, attn, labels, index.to(dev), k_n)
+                local = torch.tensor(row_adapter, dtype=torch.long)  # plan number of each row
+                slot_of_row = torch.tensor([slots[k] for k in row_adapter], dtype=torch.long)
+                with self.lora.use(slot_of_row):
+                    per_adapter = self._per_adapter_loss(input_ids, attn, labels, local.to(dev), k_n)
                 active = torch.zeros(self.lora.n_adapters, dtype=torch.bool)
-                active[index.unique()] = True
+                active[slot_of_row.unique()] = True
                 per_adapter.sum().backward()  # adapter k only sees its own loss's gradient
                 if cfg.grad_clip > 0:
                     clip_grad_norm_per_adapter(params, cfg.grad_clip, self.lora.n_adapters)
@@ -165,11 +169,11 @@ class Engine:
                 for k in range(k_n):
                     total = len(schedules[k])
                     frac = 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / max(total, 1))
-                    lr_now[k] = lrs[k] * frac
+                    lr_now[slots[k]] = lrs[k] * frac
                 opt.step(lr_now, active)
                 opt.zero_grad()
                 for k in range(k_n):
-                    if active[k]:
+                    if active[slots[k]]:
                         stats.losses[k].append(float(per_adapter[k].detach()))
                 stats.tokens += int(attn.sum())
                 stats.trained_tokens += int((labels[:, 1:] != -100).sum())

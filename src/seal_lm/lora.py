@@ -60,6 +60,8 @@ class MultiLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        for k in self._owner[0].stacked:  # adapters applied to every row (continual setting, 'stack' mode)
+            y = y + self.scale * ((x @ self.lora_A[k].to(x.dtype).t()) @ self.lora_B[k].to(x.dtype).t())
         index = self._owner[0].active_index
         if index is None:
             return y
@@ -79,6 +81,7 @@ class MultiLoRA:
         self.cfg = cfg or LoRAConfig()
         self.n_adapters = n_adapters
         self.active_index: torch.Tensor | None = None
+        self.stacked: list[int] = []  # slots added to every row, on top of the per-row adapter
         self.modules: list[tuple[str, MultiLoRALinear]] = []
         for p in model.parameters():
             p.requires_grad_(False)

@@ -175,3 +175,13 @@ def load_model(
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return LoadedModel(model=model, tokenizer=_prepare_tokenizer(tok), name=name)
+
+
+def load_tokenizer(name: str = EMBEDDED) -> PreTrainedTokenizerBase:
+    """Just the tokenizer of a model name accepted by load_model (no weights loaded where avoidable)."""
+    if name == EMBEDDED or name == "tiny-random" or name.startswith("random:"):
+        return embedded_tokenizer()
+    if name.endswith(".gguf"):
+        path = Path(name)
+        return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(name))

@@ -1,0 +1,169 @@
+"""Dataclasses are the config: the same fields come from YAML (`--config FILE`) and CLI flags.
+
+Nested dataclass fields are flags with a dot: `--train.epochs 5`, `--lora.r 16`. Precedence:
+defaults < YAML file < flags. `to_dict` / `from_dict` round-trip a config through YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _base_type(tp):
+    """(scalar type, is_optional, is_sequence) of an annotation like `int | None` or `tuple[str, ...]`."""
+    origin = typing.get_origin(tp)
+    optional = False
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return typing.get_args(tp)[0], optional, True
+    if origin is typing.Literal:
+        return str, optional, False
+    return tp, optional, False
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Docstrings written under fields (TRL style) become --help texts."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+            docs[a.target.id] = str(b.value.value).strip()
+    return docs
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            add_arguments(parser, tp, prefix=f"{prefix}{f.name}.")
+            continue
+        scalar, _, seq = _base_type(tp)
+        conv = _parse_bool if scalar is bool else scalar
+        flag = f"--{prefix}{f.name}"
+        kw: dict[str, Any] = dict(dest=f"{prefix}{f.name}", default=argparse.SUPPRESS, help=docs.get(f.name))
+        if seq:
+            kw.update(nargs="+", type=conv)
+        else:
+            kw.update(type=conv)
+        names = [flag] + ([flag.replace("_", "-")] if "_" in f.name else [])
+        parser.add_argument(*names, **kw)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp, v = hints[f.name], data[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ValueError(f"{where}: field {f.name!r} must be a mapping")
+            kwargs[f.name] = from_dict(tp, v, f"{where}.{f.name}")
+            continue
+        scalar, optional, seq = _base_type(tp)
+        if v is None:
+            if not optional:
+                raise ValueError(f"{where}: field {f.name!r} may not be null")
+            kwargs[f.name] = None
+            continue
+        try:
+            if seq:
+                vals = v if isinstance(v, (list, tuple)) else [v]
+                v = [scalar(x) if scalar in (int, float, str) else x for x in vals]
+                v = tuple(v) if typing.get_origin(tp) is tuple or "tuple" in str(tp) else v
+            elif scalar is bool:
+                v = v if isinstance(v, bool) else _parse_bool(str(v))
+            elif scalar in (int, float, str):
+                if scalar is int and isinstance(v, float) and not v.is_integer():
+                    raise ValueError("not an integer")
+                v = scalar(v)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{where}: field {f.name!r} has a bad value {data[f.name]!r}: {e}") from None
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        d = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = v
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(cls: type[T], args: argparse.Namespace) -> T:
+    """defaults < YAML file (args.config) < flags."""
+    data: dict[str, Any] = {}
+    cfg_path = getattr(args, "config", None)
+    if cfg_path:
+        try:
+            loaded = yaml.safe_load(Path(cfg_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config file {cfg_path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{cfg_path}: the config must be a mapping")
+        data = loaded
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "subcommand")}
+    data = _merge(data, _nest(flags))
+    return from_dict(cls, data, where=str(cfg_path or "flags"))
+
+
+def config_hash(cfg, exclude: tuple[str, ...] = ()) -> str:
+    """Short stable hash of a config (fields in `exclude` left out), naming default run directories."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]

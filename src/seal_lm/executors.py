@@ -1,0 +1,110 @@
+"""Where self-edit evaluations run: in this process (default) or on long-lived Ray actors.
+
+Both executors form the same job groups (inner_loop.group_jobs) and each group is evaluated whole
+by one evaluator, so for the same seeds the local and Ray executors return identical results.
+Ray actors each load the base model once and then serve groups for the whole run.
+
+On a cluster: start Ray (`ray start --head` on one node, `ray start --address HEAD:6379` on the
+others), then run any command with `--executor ray --ray-address HEAD:6379`; `--ray-actors N` sets
+how many model replicas serve jobs (give each a GPU with `--ray-gpus-per-actor 1`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+from .engine import GenerationConfig
+from .inner_loop import EvaluatorSpec, Job, JobResult, SelfEditEvaluator, group_jobs
+
+
+class LocalExecutor:
+    def __init__(self, spec: EvaluatorSpec, progress: bool = True):
+        self.evaluator = SelfEditEvaluator(spec, progress=progress)
+        self.n_slots = spec.n_slots
+
+    @property
+    def engine(self):
+        return self.evaluator.engine
+
+    def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
+        return self.evaluator.sample_self_edits(contexts, k, cfg, seed)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
+        """Yields each group's results as soon as it is done (so callers can log them at once)."""
+        for group in group_jobs(jobs, self.n_slots):
+            yield self.evaluator.run(group)
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Ray actors each holding a SelfEditEvaluator; groups are spread over them."""
+
+    def __init__(self, spec: EvaluatorSpec, address: str | None = None, n_actors: int = 2,
+                 gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0, progress: bool = True):
+        try:
+            import ray
+        except ImportError as e:
+            raise RuntimeError("the Ray executor needs Ray: pip install 'seal-lm[ray]'") from e
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        actor_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_EvaluatorActor)
+        self.actors = [actor_cls.remote(spec) for _ in range(n_actors)]
+        self.n_slots = spec.n_slots
+        self.progress = progress
+
+    def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
+        return self.ray.get(self.actors[0].sample_self_edits.remote(list(contexts), k, cfg, seed))
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        # map_unordered yields finished groups first; results are keyed by job, so order is irrelevant.
+        yield from pool.map_unordered(lambda a, g: a.run.remote(g), group_jobs(jobs, self.n_slots))
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
+class _EvaluatorActor:
+    def __init__(self, spec: EvaluatorSpec):
+        import torch
+
+        torch.set_num_threads(1)
+        self.evaluator = SelfEditEvaluator(spec, progress=False)
+
+    def run(self, jobs):
+        return self.evaluator.run(jobs)
+
+    def sample_self_edits(self, contexts, k, cfg, seed):
+        return self.evaluator.sample_self_edits(contexts, k, cfg, seed)
+
+
+def make_executor(spec: EvaluatorSpec, executor: str = "local", ray_address: str | None = None,
+                  ray_actors: int = 2, ray_gpus_per_actor: float = 0.0, progress: bool = True):
+    if executor == "local":
+        return LocalExecutor(spec, progress=progress)
+    if executor == "ray":
+        return RayExecutor(spec, address=ray_address, n_actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
+                           progress=progress)
+    raise ValueError(f"unknown executor {executor!r}: choose 'local' or 'ray'")
+
+
+def run_jobs(executor, jobs: Sequence[Job], on_result: Callable[[JobResult], None] | None = None,
+             progress: bool = True, desc: str = "self-edit evaluations") -> dict[str, JobResult]:
+    """Run jobs on an executor with a progress bar, calling on_result as each one finishes."""
+    from tqdm.auto import tqdm
+
+    out: dict[str, JobResult] = {}
+    with tqdm(total=len(jobs), desc=desc, disable=not progress or not jobs) as bar:
+        for group in executor.run(jobs):
+            for r in group:
+                out[r.key] = r
+                if on_result:
+                    on_result(r)
+            bar.update(len(group))
+    return out

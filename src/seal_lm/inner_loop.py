@@ -1,0 +1,144 @@
+"""SEAL's inner loop, written once for every domain.
+
+    context --(generator)--> self-edit --(domain.training_plan)--> LoRA update --(domain.evaluate)--> reward
+
+A `Domain` supplies three things: the prompt that asks for a self-edit, how a self-edit becomes a
+training plan (or why it is invalid), and how to score the updated model on the context's task.
+`SelfEditEvaluator` owns the model and runs jobs in groups of `n_slots`: the adapters of a group are
+trained together in one batched pass and scored together in one batched decode (see engine.py).
+Jobs are plain data, so an executor can ship them to other processes or machines (executors.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence
+
+from .engine import Engine, GenerationConfig, TrainConfig, TrainPlan
+from .lora import LoRAConfig
+from .models import load_model
+
+
+class Domain(Protocol):
+    """The three things the inner loop needs from a domain (knowledge incorporation, ARC, ...)."""
+
+    def self_edit_prompt(self, tokenizer, context: Any) -> str:
+        """The full prompt (chat template applied) asking the model for a self-edit of `context`."""
+
+    def training_plan(self, context: Any, self_edit: str | None, seed: int) -> TrainPlan | str:
+        """Training data and settings for one self-edit, or a string saying why it is invalid.
+        self_edit=None asks for the domain's no-self-edit update (e.g. the passage alone)."""
+
+    def evaluate(self, engine: Engine, contexts: Sequence[Any], slots: Sequence[int | None]) -> list[dict]:
+        """Score the model with adapter slots[i] (None: no update) on contexts[i]'s task. Each dict
+        has "score" (the reward, a float in [0, 1], or None if it could not be measured, e.g. the
+        judge failed) plus domain details; timings go in "answer_s"/"grade_s"."""
+
+
+@dataclass
+class Job:
+    """One self-edit evaluation: train on (context, self_edit) with `seed`, then score.
+
+    update=False scores the unadapted model (the no-update baseline)."""
+
+    key: str
+    context: Any
+    self_edit: str | None = None
+    seed: int = 0
+    update: bool = True
+
+
+@dataclass
+class JobResult:
+    key: str
+    score: float | None
+    valid: bool = True
+    reason: str | None = None
+    details: dict = field(default_factory=dict)
+    train_s: float = 0.0
+    answer_s: float = 0.0
+    grade_s: float = 0.0
+    train_tokens: int = 0
+    final_loss: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvaluatorSpec:
+    """Everything needed to build a SelfEditEvaluator anywhere (plain data, picklable)."""
+
+    model: str
+    domain: Any
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    n_slots: int = 4
+    device: str | None = None
+    dtype: str | None = None
+
+
+class SelfEditEvaluator:
+    """Holds the base model for a whole run; evaluates jobs and samples self-edits."""
+
+    def __init__(self, spec: EvaluatorSpec, progress: bool = True):
+        self.spec = spec
+        self.domain = spec.domain
+        self.engine = Engine(load_model(spec.model, device=spec.device, dtype=spec.dtype), spec.n_slots, spec.lora)
+        self.progress = progress
+
+    def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int) -> tuple[list[list[str]], float, int]:
+        """k sampled self-edits per context in batched generation. Returns (texts, seconds, tokens)."""
+        prompts = [self.domain.self_edit_prompt(self.engine.tokenizer, c) for c in contexts for _ in range(k)]
+        t0 = time.perf_counter()
+        texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits")
+        secs = time.perf_counter() - t0
+        return [texts[i * k:(i + 1) * k] for i in range(len(contexts))], secs, n_tok
+
+    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
+        """Evaluate a group of at most n_slots updating jobs (plus any number of no-update jobs)."""
+        results: dict[str, JobResult] = {}
+        base_jobs = [j for j in jobs if not j.update]
+        plans, train_jobs = [], []
+        for j in jobs:
+            if not j.update:
+                continue
+            try:
+                plan = self.domain.training_plan(j.context, j.self_edit, j.seed)
+            except Exception as e:  # a garbled self-edit must never crash the run
+                plan = f"could not build a training plan: {type(e).__name__}: {e}"
+            if isinstance(plan, str) or not plan.examples:
+                results[j.key] = JobResult(j.key, 0.0, valid=False, reason=plan if isinstance(plan, str) else "no training examples")
+            else:
+                plans.append(plan)
+                train_jobs.append(j)
+        if len(train_jobs) > self.engine.n_slots:
+            raise ValueError(f"{len(train_jobs)} updating jobs in one group; at most {self.engine.n_slots}")
+        stats = None
+        if train_jobs:
+            stats = self.engine.train(plans, self.spec.train, progress=self.progress)
+        eval_jobs = train_jobs + base_jobs
+        slots: list[int | None] = list(range(len(train_jobs))) + [None] * len(base_jobs)
+        if eval_jobs:
+            scored = self.domain.evaluate(self.engine, [j.context for j in eval_jobs], slots)
+            for i, (j, s) in enumerate(zip(eval_jobs, scored)):
+                r = JobResult(j.key, s.get("score"), details={k: v for k, v in s.items() if k not in ("score", "answer_s", "grade_s")},
+                              answer_s=s.get("answer_s", 0.0), grade_s=s.get("grade_s", 0.0))
+                if i < len(train_jobs) and stats is not None:
+                    # The group trained together: each job is charged an equal share of the wall time.
+                    r.train_s = stats.seconds / len(train_jobs)
+                    r.train_tokens = stats.trained_tokens // len(train_jobs)
+                    r.final_loss = stats.losses[i][-1] if stats.losses[i] else None
+                results[j.key] = r
+        return [results[j.key] for j in jobs]
+
+
+def group_jobs(jobs: Sequence[Job], n_slots: int) -> list[list[Job]]:
+    """Split jobs into groups of at most n_slots updating jobs; no-update jobs form their own groups.
+    The grouping depends only on the job list, so every executor forms the same groups."""
+    updating = [j for j in jobs if j.update]
+    base = [j for j in jobs if not j.update]
+    groups = [updating[i:i + n_slots] for i in range(0, len(updating), n_slots)]
+    groups += [base[i:i + 64] for i in range(0, len(base), 64)]
+    return groups

@@ -1,0 +1,71 @@
+"""Config of `seal knowledge eval` (and `seal demo`): which passages, which conditions, which settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine import GenerationConfig, TrainConfig
+from ..lora import LoRAConfig
+from ..models import EMBEDDED
+
+
+def _self_edit_generation() -> GenerationConfig:
+    # Paper: temperature 1.0, top-p 0.95. 256 new tokens holds ~10-15 implication lines.
+    return GenerationConfig(max_new_tokens=256, temperature=1.0, top_p=0.95, batch_size=16)
+
+
+@dataclass
+class KnowledgeEvalConfig:
+    """`seal knowledge eval`: base / passage / own self-edits / external self-edits / generators."""
+
+    data: str = "demo"
+    """Passages: SEAL JSON, SQuAD v1.1 JSON, hf:squad[:split], or 'demo' (packaged fictional passages)."""
+    passages: int | None = None
+    """Use the first N passages (after --offset and the --external filter); None: all."""
+    offset: int = 0
+    """Skip this many passages first."""
+    k: int = 3
+    """Self-edits sampled per passage for the 'own' condition (each evaluated separately)."""
+    seeds: int = 1
+    """LoRA seeds per self-edit; the reward is the mean over seeds."""
+    external: str | None = None
+    """SEAL JSON with `completions` (e.g. GPT-4.1 implications); restricts passages to those it covers."""
+    external_k: int | None = None
+    """External completions used per passage (default: k)."""
+    generators: list[str] = field(default_factory=list)
+    """Extra self-edit generators (e.g. a SEAL round checkpoint); each adds a table row."""
+    conditions: list[str] = field(default_factory=lambda: ["base", "passage", "own", "external"])
+    """Rows to compute: base, passage, own, external (external needs --external), generator."""
+    model: str = EMBEDDED
+    """The model that is updated and answers (and writes the 'own' self-edits)."""
+    style: str = "implications"
+    """Self-edit prompt style: implications, implications-long, implications-very-long, rewrite, self-qa."""
+    template: str | None = None
+    """Path of a user self-edit template file with {title} and {context}."""
+    max_sequences: int = 32
+    """Cap on training sequences taken from one self-edit."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=_self_edit_generation)
+    """Sampling of self-edits."""
+    answer_tokens: int = 32
+    """Max new tokens of an answer (greedy)."""
+    slots: int = 4
+    """Adapters trained together in one batched pass."""
+    judge_url: str | None = None
+    """OpenAI-compatible endpoint for GPT-4.1 grading (key from --judge-key-env); None: local grader."""
+    judge_model: str = "gpt-4.1"
+    judge_key_env: str = "OPENAI_API_KEY"
+    device: str | None = None
+    """cpu, cuda, ...; default: cuda when available."""
+    dtype: str | None = None
+    """float32 / bfloat16; default: fp32 on CPU, bf16 on CUDA."""
+    seed: int = 0
+    executor: str = "local"
+    """local, or ray (long-lived actors each holding the model)."""
+    ray_address: str | None = None
+    ray_actors: int = 2
+    ray_gpus_per_actor: float = 0.0
+    out: str | None = None
+    """Run directory; default runs/knowledge-eval-<config hash> (rerun the same command to resume)."""
+    progress: bool = True

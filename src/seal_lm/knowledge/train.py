@@ -1,0 +1,87 @@
+"""`seal knowledge train`: ReST-EM on training passages (the shared outer loop + the knowledge domain)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import config_hash
+from ..engine import GenerationConfig, TrainConfig
+from ..lora import LoRAConfig
+from ..models import EMBEDDED
+from ..outer_loop import RestEMConfig, _sft_lora, _sft_train, run_rest_em
+from ..runs import RunDir
+from .data import load_passages
+from .domain import KnowledgeDomain
+
+
+@dataclass
+class KnowledgeTrainConfig:
+    """`seal knowledge train`: rounds of sample -> inner-loop reward -> select -> SFT the generator."""
+
+    data: str = "demo"
+    """Training passages (never the evaluation passages: titles must be disjoint)."""
+    rounds: int = 2
+    passages_per_round: int = 16
+    """New passages per round."""
+    k: int = 4
+    """Self-edits sampled per passage (paper: 5)."""
+    seeds: int = 1
+    """Inner-loop seeds per self-edit."""
+    selection: str = "top1"
+    """top1 (paper) or threshold (every self-edit beating the no-update baseline)."""
+    min_gain: float | None = None
+    """top1 only: keep the best self-edit only if it beats the baseline by this much."""
+    model: str = EMBEDDED
+    style: str = "implications"
+    max_sequences: int = 32
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Inner-loop adapters."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Inner-loop training."""
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=256, temperature=1.0, top_p=0.95, batch_size=16))
+    sft_lora: LoRAConfig = field(default_factory=_sft_lora)
+    sft: TrainConfig = field(default_factory=_sft_train)
+    separate_learner: bool = False
+    answer_tokens: int = 32
+    slots: int = 4
+    judge_url: str | None = None
+    judge_model: str = "gpt-4.1"
+    judge_key_env: str = "OPENAI_API_KEY"
+    device: str | None = None
+    dtype: str | None = None
+    seed: int = 0
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 2
+    out: str | None = None
+    """Run directory (default runs/knowledge-train-<hash>); holds round-<i>/ with sft.jsonl, rewards.json, generator/."""
+    progress: bool = True
+
+
+def run_train(cfg: KnowledgeTrainConfig):
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"knowledge-train-{config_hash(cfg, exclude=('out', 'progress'))}"
+    run = RunDir(out, cfg)
+    print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
+    passages = load_passages(cfg.data)
+    from ..engine import GenerationConfig as G
+
+    domain = KnowledgeDomain(style=cfg.style, max_sequences=cfg.max_sequences,
+                             answer=G(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
+                             judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
+                             judge_cache=str(out / "judge_cache.jsonl") if cfg.judge_url else None)
+    rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.passages_per_round, k=cfg.k, seeds=cfg.seeds,
+                        selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
+                        sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
+    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors} if cfg.executor == "ray" else {}
+    summaries = run_rest_em(rcfg, passages, lambda p: p.passage_id, domain, cfg.model, run, cfg.lora, cfg.train,
+                            n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                            executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
+    print("\n| round | baseline | mean reward | selected reward | SFT examples | invalid | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for s in summaries:
+        print(f"| {s.round} | {s.mean_baseline:.3f} | {s.mean_reward:.3f} | {s.mean_selected_reward:.3f} | "
+              f"{s.sft_examples} | {s.invalid} | {s.seconds:.0f} |")
+    print(f"\ngenerators: " + ", ".join(str(out / f'round-{s.round}' / 'generator') for s in summaries))
+    print(f"reward plot: {out / 'rewards.png'}")
+    return summaries
