@@ -93,6 +93,31 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class LoadSampler:
+    """Samples the 1-minute load average every few seconds, tagged with the current phase, so the
+    report can say how busy the machine was while each loop ran (the CPU may be shared)."""
+
+    def __init__(self, every_s: float = 5.0):
+        import threading
+
+        self.phase = "setup"
+        self.samples: list[tuple[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.samples.append((self.phase, os.getloadavg()[0]))
+
+    def summary(self, phase: str) -> str:
+        xs = [x for ph, x in self.samples if ph == phase]
+        return f"{statistics.fmean(xs):.2f} mean / {max(xs):.2f} max" if xs else "n/a"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Timer:
     def __init__(self, device: torch.device):
         self.device = device
@@ -428,7 +453,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     load0 = os.getloadavg()
-    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load {load0}")
+    sampler = LoadSampler()
+    omp_policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY {omp_policy}, "
+        f"cpus {os.cpu_count()}, load {load0}")
     with Timer(torch.device("cpu")) as t_load:
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     device = loaded.device
@@ -452,6 +480,7 @@ def main(argv=None) -> int:
     peak = measure_peak(device, dtype)
     log(f"peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']} {peak['n']}x{peak['n']} torch.mm, best of 5)")
 
+    sampler.phase = "ours"
     # ---- self-edits: sampled once (timed; this is ours' "generate" column) or read from a file
     se_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95,
                               batch_size=max(16, P * K))
@@ -483,6 +512,7 @@ def main(argv=None) -> int:
     o_mfu = o_flops / o_train / peak["flops_per_s"]
 
     # ---- compute floor: training FLOPs at peak + decode tokens at the raw decode rate
+    sampler.phase = "floor"
     log("measuring raw decode rates ...")
     ans_rows = max(pp["answer_rows"] for pp in per_passage)
     ans_prompt_tokens = statistics.fmean(
@@ -503,11 +533,13 @@ def main(argv=None) -> int:
     # ---- reference
     ref = []
     if args.ref_evals > 0:
+        sampler.phase = "reference"
         ref = run_reference(args, passages, self_edits, tcfg, lcfg.target_modules, grade, GradeItem,
                             lambda s: engine.encode_example("", s, tcfg.max_seq_len), device, dtype)
 
     # ---- report
     load1 = os.getloadavg()
+    sampler.stop()
     o_per = o_total / n_evals
     o_tag = (o_train + o_ans + o_grade) / n_evals
     lines = []
@@ -521,7 +553,8 @@ def main(argv=None) -> int:
       f"(4N={4 * dims['n_nonemb'] / 1e6:.0f}M + head 4HV={4 * dims['hidden'] * dims['vocab'] / 1e6:.0f}M "
       f"+ LoRA 6r*sum(in+out)={6 * args.r * lora_io / 1e6:.0f}M + attn) | grader: {grader_name}")
     w(f"load average: start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} "
-      f"(cpus {os.cpu_count()})")
+      f"(cpus {os.cpu_count()}); 1-min load while ours ran {sampler.summary('ours')}, while the reference ran "
+      f"{sampler.summary('reference')} | OMP_WAIT_POLICY {omp_policy}")
     w("")
     hdr = (f"{'seconds per self-edit evaluation':<34}{'evals':>6}{'generate':>10}{'setup':>8}{'train':>9}"
            f"{'save+load':>10}{'answer':>9}{'grade':>8}{'TOTAL':>9}{'train tok/s':>12}{'MFU':>7}{'acc':>6}")
@@ -577,7 +610,7 @@ def main(argv=None) -> int:
         dump = dict(
             args=vars(args), platform=platform.platform(), python=sys.version, torch=torch.__version__,
             device=str(device), dtype=str(dtype), threads=torch.get_num_threads(), cpus=os.cpu_count(),
-            load_start=load0, load_end=load1, grader=grader_name, peak=peak, dims=dims, lora_in_out_sum=lora_io,
+            load_start=load0, load_end=load1, load_samples=sampler.samples, omp_wait_policy=omp_policy, grader=grader_name, peak=peak, dims=dims, lora_in_out_sum=lora_io,
             self_edits={p.passage_id: e for p, e in zip(passages, self_edits)},
             ours=dict(generate_s=gen_s, generate_tokens=gen_tokens, train_s=o_train, answer_s=o_ans, grade_s=o_grade,
                       total_s=o_total, per_eval_s=o_per, per_eval_no_generate_s=o_tag, train_tokens=o_tokens,

@@ -58,15 +58,18 @@ def main(argv: list[str] | None = None) -> int:
 
     kn = sub.add_parser("knowledge", help="Knowledge incorporation (SQuAD-style passages).")
     ksub = kn.add_subparsers(dest="subcommand", required=True)
-    _add_config(ksub, "eval", KnowledgeEvalConfig,
-                "Table: base / passage / own self-edits / external self-edits / generators, with 95% CIs.")
+    ev = _add_config(ksub, "eval", KnowledgeEvalConfig,
+                     "Table: base / passage / own self-edits / external self-edits / generators, with 95% CIs.")
+    ev.add_argument("--generator", dest="generators", nargs="+", default=argparse.SUPPRESS,
+                    help="alias of --generators: ReST-EM round directories or checkpoints (rows 'SEAL round i')")
     from .knowledge.continual import ContinualConfig
     from .knowledge.train import KnowledgeTrainConfig
 
     _add_config(ksub, "train", KnowledgeTrainConfig,
                 "ReST-EM: rounds of sampling self-edits, inner-loop rewards, selection and generator SFT.")
-    _add_config(ksub, "cpt", KnowledgeEvalConfig,
-                "Continued pretraining: all passages and their self-edits train one adapter per condition.")
+    cp = _add_config(ksub, "cpt", KnowledgeEvalConfig,
+                     "Continued pretraining: all passages and their self-edits train one adapter per condition.")
+    cp.add_argument("--generator", dest="generators", nargs="+", default=argparse.SUPPRESS, help="alias of --generators")
     _add_config(ksub, "continual", ContinualConfig,
                 "Sequential self-edits over N passages: accuracy matrix, forgetting, backward transfer.")
 

@@ -86,6 +86,10 @@ class MultiLoRA:
         for p in model.parameters():
             p.requires_grad_(False)
         targets = set(self.cfg.target_modules)
+        for module in list(model.modules()):  # a model may come from an earlier engine: unwrap it first
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, MultiLoRALinear):
+                    setattr(module, child_name, child.base)
         for name, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear) and child_name in targets:

@@ -20,7 +20,10 @@ from .config import to_dict
 
 
 class RunDir:
-    def __init__(self, path: str | Path, config, allow_config_change: bool = False):
+    def __init__(self, path: str | Path, config, allow_config_change: bool = False,
+                 additive: tuple[str, ...] = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor")):
+        """`additive` fields may differ from the stored config: they add work or change where it runs,
+        never what a finished unit means (e.g. another generator row, more passages)."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.units_path = self.path / "units.jsonl"
@@ -28,8 +31,8 @@ class RunDir:
         cfg_path = self.path / "config.yaml"
         if cfg_path.exists() and not allow_config_change:
             old = yaml.safe_load(cfg_path.read_text()) or {}
-            if _canon(old) != _canon(cfg):
-                diff = sorted(k for k in set(old) | set(cfg) if _canon(old.get(k)) != _canon(cfg.get(k)))
+            diff = sorted(k for k in set(old) | set(cfg) if k not in additive and _canon(old.get(k)) != _canon(cfg.get(k)))
+            if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config (fields {diff}); "
                     "use another --out directory, or delete this one to start over"

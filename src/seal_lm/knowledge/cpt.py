@@ -21,7 +21,7 @@ from ..runs import RunDir
 from .data import Passage, Question
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
-from .eval_table import default_out, make_domain, sample_with_generator, select_passages
+from .eval_table import ADDITIVE, default_out, generator_names, make_domain, sample_with_generator, select_passages
 
 
 @dataclass
@@ -62,7 +62,8 @@ class CorpusDomain:
 
 def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg, "knowledge-cpt")
-    run = RunDir(out, cfg)
+    # The corpus is all passages at once, so --passages is not additive here.
+    run = RunDir(out, cfg, additive=tuple(f for f in ADDITIVE if f != "passages"))
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     passages = select_passages(cfg)
     domain = make_domain(cfg, out)
@@ -76,8 +77,7 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
         sources["own"] = [run.get(f"gen/own/{p.passage_id}")["self_edits"][0] for p in passages]
     if "external" in cfg.conditions and cfg.external:
         sources["external"] = [p.completions[0] for p in passages]
-    for i, g in enumerate(cfg.generators):
-        name = f"generator{i}" if len(cfg.generators) > 1 else "generator"
+    for name, g in generator_names(cfg.generators).items():
         sample_with_generator(g, passages, cfg_one, domain, run, name)
         sources[name] = [run.get(f"gen/{name}/{p.passage_id}")["self_edits"][0] for p in passages]
 

@@ -28,6 +28,27 @@ from .eval_config import KnowledgeEvalConfig
 from .prompts import load_user_template
 
 
+# Fields that only add rows or passages: a finished unit means the same thing with or without them.
+ADDITIVE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor",
+            "generators", "conditions", "passages")
+
+
+def generator_names(generators: list[str]) -> dict[str, str]:
+    """Row name -> checkpoint path. A ReST-EM round directory (holding generator/) is named
+    'SEAL round i'; other generators 'generator', 'generator1', ..."""
+    import re
+
+    out = {}
+    for i, g in enumerate(generators):
+        path = Path(g)
+        if (path / "generator").is_dir():
+            path = path / "generator"
+        m = re.search(r"round-(\d+)", str(path))
+        name = f"SEAL round {m.group(1)}" if m else (f"generator{i}" if len(generators) > 1 else "generator")
+        out[name] = str(path)
+    return out
+
+
 def select_passages(cfg: KnowledgeEvalConfig) -> list[Passage]:
     passages = load_passages(cfg.data)
     if cfg.external:
@@ -188,7 +209,7 @@ def render_csv(table: dict) -> str:
 def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no-context QA accuracy)") -> dict:
     # ---- setup
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    run = RunDir(out, cfg)
+    run = RunDir(out, cfg, additive=ADDITIVE)
     passages = select_passages(cfg)
     if "external" in cfg.conditions and not cfg.external:
         cfg = replace(cfg, conditions=[c for c in cfg.conditions if c != "external"])
@@ -207,8 +228,7 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
         sources["own"] = "own"
     if "external" in cfg.conditions:
         sources["external"] = ""
-    for i, g in enumerate(cfg.generators):
-        name = f"generator{i}" if len(cfg.generators) > 1 else "generator"
+    for name, g in generator_names(cfg.generators).items():
         sample_with_generator(g, passages, cfg, domain, run, name)
         sources[name] = name
 
@@ -225,7 +245,7 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
     rows = [c for c in ("base", "passage") if c in cfg.conditions] + list(sources)
     table = summarize(cfg, passages, run, rows)
     table["config"] = to_dict(cfg)
-    table["generators"] = {f"generator{i}" if len(cfg.generators) > 1 else "generator": g for i, g in enumerate(cfg.generators)}
+    table["generators"] = generator_names(cfg.generators)
     table["wall_s_this_invocation"] = time.perf_counter() - t_start
     run.write_json("table.json", table)
     run.write_text("table.csv", render_csv(table))
