@@ -61,6 +61,10 @@ def test_icl_and_oracle_table_and_resume(tmp_path, monkeypatch):
     assert len((tmp_path / "run" / "units.jsonl").read_text().splitlines()) == n_units
     assert [r["success_rate"] for r in again["rows"]] == [r["success_rate"] for r in table["rows"]]
 
+    # Conditions are additive: asking for icl alone reuses the same directory and still does no work.
+    only_icl = run_arc_eval(small(conditions=["icl"], oracle_recipes=2, out=str(tmp_path / "run")))
+    assert [r["condition"] for r in only_icl["rows"]] == ["icl"] and only_icl["model_loads_this_invocation"] == 0
+
 
 def test_sampled_garbage_recipes_get_zero_with_reason(tmp_path):
     # The tiny random model writes gibberish: every recipe is invalid, rewarded 0, reason recorded.

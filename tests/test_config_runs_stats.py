@@ -64,3 +64,11 @@ def test_bootstrap_ci():
     assert const.low == const.high == pytest.approx(0.3)
     assert bootstrap_ci([]).n == 0 and np.isnan(bootstrap_ci([None]).mean)
     assert bootstrap_ci([0.2, 0.9, 0.4], seed=1) == bootstrap_ci([0.2, 0.9, 0.4], seed=1)
+
+
+def test_nested_flag_keeps_the_fields_own_defaults():
+    from seal_lm.knowledge.train import KnowledgeTrainConfig
+
+    cfg = C.from_dict(KnowledgeTrainConfig, {"sft": {"epochs": 1}, "generation": {"max_new_tokens": 9}})
+    assert cfg.sft.epochs == 1 and cfg.sft.learning_rate == 3e-4 and cfg.sft.max_seq_len == 1024
+    assert cfg.generation.max_new_tokens == 9 and cfg.generation.top_p == 0.95

@@ -21,6 +21,8 @@ def test_top1_with_min_gain_and_threshold_mode():
     assert select({"a": [(0, 0.5), (1, 0.7), (2, 0.3)]}, {"a": 0.4}, "threshold") == {"a": [0, 1]}
     with pytest.raises(ValueError):
         select(rewards, base, "best-of-all")
+    solved = {"t1": [(0, 1.0), (1, 0.0), (2, 1.0)], "t2": [(0, 0.0)]}
+    assert select(solved, {"t1": 1.0, "t2": 0.0}, "reward") == {"t1": [0, 2], "t2": []}
 
 
 def test_continual_metrics_against_hand_computed_matrix():

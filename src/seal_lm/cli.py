@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_config(ksub, "continual", ContinualConfig,
                 "Sequential self-edits over N passages: accuracy matrix, forgetting, backward transfer.")
 
+    from .arc.arc_config import ArcEvalConfig, ArcTrainConfig
+
+    arc = sub.add_parser("arc", help="Few-shot ARC: self-edits are test-time-training recipes.")
+    asub = arc.add_subparsers(dest="subcommand", required=True)
+    _add_config(asub, "eval", ArcEvalConfig, "Success rate per condition: icl, default, ttt, seal, oracle.")
+    _add_config(asub, "train", ArcTrainConfig, "ReST-EM on ARC training tasks: keep recipes that solved their task.")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "grade-check":
@@ -107,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run_continual(cfg)
             return 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if args.command == "arc":
+            from .arc.experiments import run_arc_eval, run_arc_train
+
+            (run_arc_eval if args.subcommand == "eval" else run_arc_train)(cfg)
+            return 0
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"seal: error: {e}", file=sys.stderr)
         return 2
     parser.error("unknown command")

@@ -103,7 +103,15 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
                 raise ValueError(f"{where}: field {f.name!r} must be a mapping")
-            kwargs[f.name] = from_dict(tp, v, f"{where}.{f.name}")
+            # Start from the field's own default (its default_factory may differ from the class
+            # defaults), so `--sft.epochs 1` keeps the other SFT settings.
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                default = tp()
+            kwargs[f.name] = from_dict(tp, {**to_dict(default), **v}, f"{where}.{f.name}")
             continue
         scalar, optional, seq = _base_type(tp)
         if v is None:

@@ -52,9 +52,11 @@ class RestEMConfig:
     seeds: int = 1
     """Inner-loop seeds per self-edit; the reward is the mean."""
     selection: str = "top1"
-    """top1: the best self-edit per context (paper); threshold: every self-edit beating the baseline."""
+    """top1: the best self-edit per context (paper, knowledge); threshold: every self-edit beating the
+    baseline; reward: every self-edit with reward >= min_gain (paper, ARC: every recipe that solved)."""
     min_gain: float | None = None
-    """With top1, keep a context's best self-edit only if reward - baseline >= min_gain (None: always keep)."""
+    """top1: keep a context's best self-edit only if reward - baseline >= min_gain (None: always);
+    reward: the absolute reward a self-edit needs (None: 1.0)."""
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=256, temperature=1.0, top_p=0.95, batch_size=16))
     """Sampling of self-edits (paper: temperature 1.0, top-p 0.95)."""
     sft_lora: LoRAConfig = field(default_factory=_sft_lora)
@@ -87,7 +89,8 @@ def select(rewards: dict[str, list[tuple[int, float | None]]], baselines: dict[s
     """Which self-edits to keep, per context. rewards[cid] = [(sample index, mean reward)].
 
     top1: the highest mean reward (ties: the earliest sample, so selection is deterministic);
-    threshold: every sample whose reward is strictly above the context's baseline."""
+    threshold: every sample whose reward is strictly above the context's baseline;
+    reward: every sample whose reward is at least min_gain (default 1.0), whatever the baseline."""
     kept: dict[str, list[int]] = {}
     for cid, rs in rewards.items():
         valid = [(j, r) for j, r in rs if r is not None]
@@ -101,8 +104,10 @@ def select(rewards: dict[str, list[tuple[int, float | None]]], baselines: dict[s
             kept[cid] = [j] if ok else []
         elif mode == "threshold":
             kept[cid] = [j for j, r in valid if base is not None and r > base]
+        elif mode == "reward":  # absolute: every sample with reward >= min_gain (ARC: solved the task)
+            kept[cid] = [j for j, r in valid if r >= (min_gain if min_gain is not None else 1.0)]
         else:
-            raise ValueError(f"unknown selection mode {mode!r}: top1 or threshold")
+            raise ValueError(f"unknown selection mode {mode!r}: top1, threshold or reward")
     return kept
 
 

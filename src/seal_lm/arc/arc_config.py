@@ -129,11 +129,11 @@ class ArcTrainConfig:
     """Recipes sampled per task (paper: 15)."""
     seeds: int = 1
     """TTT seeds per recipe; the reward is the mean."""
-    selection: str = "threshold"
-    """threshold: keep every recipe whose reward beats the task's ICL reward, i.e. every recipe that solved
-    a task ICL does not (paper: keep every recipe that solved its task); top1: the best recipe per task."""
+    selection: str = "reward"
+    """reward: keep every recipe that solved its task (paper); threshold: every recipe beating the task's
+    ICL reward; top1: the best recipe per task."""
     min_gain: float | None = None
-    """top1 only: keep the best recipe only if reward - ICL reward >= this (0.5: only recipes that solved)."""
+    """reward: the reward a kept recipe needs (None: 1.0, solved); top1: the margin over ICL it needs."""
     model: str = EMBEDDED
     """The starting generator (and learner)."""
     separate_learner: bool = False

@@ -31,6 +31,9 @@ from .recipe import ORACLE_GRID, parse_recipe
 CONDITIONS = ("icl", "default", "ttt", "seal", "oracle")
 SAMPLED = ("ttt", "seal")
 _EXCLUDE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor")
+ADDITIVE = _EXCLUDE + ("conditions", "offset", "limit", "oracle_recipes")
+"""eval fields that may change between invocations of one run directory: they add rows, tasks or oracle
+recipes (units are keyed by condition, task id and recipe index) but never change a finished unit."""
 
 
 def select_tasks(cfg: ArcEvalConfig | ArcTrainConfig, tokenizer=None) -> list[ArcTask]:
@@ -230,8 +233,8 @@ def run_arc_eval(cfg: ArcEvalConfig, title: str = "Few-shot ARC (pass@2 success 
     bad = [c for c in cfg.conditions if c not in CONDITIONS]
     if bad:
         raise ValueError(f"unknown condition(s) {bad}; choose from {list(CONDITIONS)}")
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"arc-eval-{config_hash(cfg, exclude=_EXCLUDE)}"
-    run = RunDir(out, cfg)
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"arc-eval-{config_hash(cfg, exclude=ADDITIVE)}"
+    run = RunDir(out, cfg, additive=ADDITIVE)
     tokenizer = load_tokenizer(cfg.model)
     tasks = select_tasks(cfg, tokenizer)
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
