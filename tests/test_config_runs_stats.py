@@ -72,3 +72,18 @@ def test_nested_flag_keeps_the_fields_own_defaults():
     cfg = C.from_dict(KnowledgeTrainConfig, {"sft": {"epochs": 1}, "generation": {"max_new_tokens": 9}})
     assert cfg.sft.epochs == 1 and cfg.sft.learning_rate == 3e-4 and cfg.sft.max_seq_len == 1024
     assert cfg.generation.max_new_tokens == 9 and cfg.generation.top_p == 0.95
+
+
+def test_cli_demo_defaults_yaml_and_flags(tmp_path):
+    import argparse as ap
+
+    from seal_lm.cli import _demo_config, _resolve
+
+    y = tmp_path / "d.yaml"
+    y.write_text("k: 5\n")
+    args = ap.Namespace(command="demo", config=str(y), _cls=KnowledgeEvalConfig, _defaults=_demo_config,
+                        **{"train.epochs": 2})
+    cfg = _resolve(args)
+    demo = _demo_config()
+    assert cfg.k == 5 and cfg.train.epochs == 2 and cfg.max_sequences == demo.max_sequences
+    assert cfg.lora == demo.lora and cfg.data == "demo"

@@ -33,14 +33,9 @@ def _add_config(sub, name: str, cls, help: str, defaults=None):
 
 
 def _resolve(args):
-    cfg = C.resolve(args._cls, argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")}))
-    if args._defaults is not None:
-        # Demo: its own defaults, overridden only by what the user passed.
-        base = args._defaults()
-        given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "config"}
-        flat = C._nest(given)
-        cfg = C.from_dict(args._cls, C._merge(C.to_dict(base), flat))
-    return cfg
+    """defaults (the command's own, e.g. the demo's) < --config YAML < flags."""
+    ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_")})
+    return C.resolve(args._cls, ns, defaults=args._defaults() if args._defaults is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:

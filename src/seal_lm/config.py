@@ -154,9 +154,9 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def resolve(cls: type[T], args: argparse.Namespace) -> T:
-    """defaults < YAML file (args.config) < flags."""
-    data: dict[str, Any] = {}
+def resolve(cls: type[T], args: argparse.Namespace, defaults: T | None = None) -> T:
+    """defaults (the class's, or `defaults`) < YAML file (args.config) < flags."""
+    data: dict[str, Any] = to_dict(defaults) if defaults is not None else {}
     cfg_path = getattr(args, "config", None)
     if cfg_path:
         try:
@@ -165,7 +165,7 @@ def resolve(cls: type[T], args: argparse.Namespace) -> T:
             raise ValueError(f"cannot read config file {cfg_path}: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{cfg_path}: the config must be a mapping")
-        data = loaded
+        data = _merge(data, loaded)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "subcommand")}
     data = _merge(data, _nest(flags))
     return from_dict(cls, data, where=str(cfg_path or "flags"))
