@@ -51,6 +51,9 @@ where the decode rate is the raw throughput of the base model's cached one-token
 the batch size (and context length) each generate call used, without HF generate's loop overhead.
 
 Run:  python benchmarks/inner_loop.py --passages 2 --k 5 --epochs 10 --ref-evals 2
+On a CPU shared with other busy processes, set OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning
+OpenMP barriers otherwise slow the many small ops of Engine.train ~10x, much more than the
+reference's few large ones. The 1-minute load average seen while each loop ran is printed.
 """
 
 from __future__ import annotations

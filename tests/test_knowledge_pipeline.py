@@ -69,7 +69,7 @@ def test_crash_mid_run_resumes_only_missing_units(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         eval_table.run_eval(cfg)
     done_before = len((tmp_path / "run" / "units.jsonl").read_text().splitlines())
-    assert done_before == 2  # two passage-only groups finished before the crash
+    assert done_before == 3 + 1  # the base group (3 jobs) and one passage-only group finished
     seen = []
 
     def counting(self, jobs):
@@ -78,7 +78,7 @@ def test_crash_mid_run_resumes_only_missing_units(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SelfEditEvaluator, "run", counting)
     eval_table.run_eval(cfg)
-    assert len(seen) == 3 + 1  # the third passage + the base group of 3 jobs... counted per job
+    assert len(seen) == 2  # only the two passage-only jobs that had not finished
     assert len((tmp_path / "run" / "units.jsonl").read_text().splitlines()) == 6
 
 

@@ -224,6 +224,9 @@ class Engine:
         out: list[str] = [""] * len(prompts)
         n_tokens = 0
         eos = self.tokenizer.eos_token_id
+        # Stop at every end token the model declares (e.g. Llama-3's <|eot_id|>), not only the tokenizer's.
+        ge = self.model.generation_config.eos_token_id
+        eos_ids = ({*ge} if isinstance(ge, list) else {ge} if ge is not None else set()) | {eos}
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for b, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
             enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
@@ -233,7 +236,7 @@ class Engine:
                 [a if a is not None else self.base_slot for a in rows], dtype=torch.long)
             torch.manual_seed(seed * 1_000_003 + b)
             kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                          eos_token_id=eos)
+                          eos_token_id=sorted(eos_ids))
             if cfg.temperature > 0:
                 kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
             else:
@@ -243,8 +246,8 @@ class Engine:
             new = gen[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(batch):
                 toks = new[row].tolist()
-                if eos in toks:
-                    toks = toks[: toks.index(eos)]
+                cut = next((i for i, t in enumerate(toks) if t in eos_ids), len(toks))
+                toks = toks[:cut]
                 n_tokens += len(toks)
                 out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return out, n_tokens

@@ -65,6 +65,12 @@ class JobResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def complete(self) -> bool:
+        """False when the grader failed on some answer: such a result is not recorded, so a resumed
+        run retries it instead of keeping a score computed on part of the questions."""
+        return not (self.valid and self.details.get("n_judge_failed", 0))
+
 
 @dataclass
 class EvaluatorSpec:
@@ -139,6 +145,8 @@ def group_jobs(jobs: Sequence[Job], n_slots: int) -> list[list[Job]]:
     The grouping depends only on the job list, so every executor forms the same groups."""
     updating = [j for j in jobs if j.update]
     base = [j for j in jobs if not j.update]
-    groups = [updating[i:i + n_slots] for i in range(0, len(updating), n_slots)]
-    groups += [base[i:i + 64] for i in range(0, len(base), 64)]
+    # The cheap no-update baselines first: a run stopped part-way then has every baseline plus
+    # complete updates for the first contexts, which is a valid (smaller) table.
+    groups = [base[i:i + 64] for i in range(0, len(base), 64)]
+    groups += [updating[i:i + n_slots] for i in range(0, len(updating), n_slots)]
     return groups

@@ -65,6 +65,8 @@ class MultiLoRALinear(nn.Module):
         index = self._owner[0].active_index
         if index is None:
             return y
+        if index.numel() == 1 and x.shape[0] != 1:
+            index = index.expand(x.shape[0])
         a = self.lora_A[index].to(x.dtype)  # [B, r, in]
         b = self.lora_B[index].to(x.dtype)  # [B, out, r]
         squeeze = x.dim() == 2

@@ -125,6 +125,8 @@ def sft_generator(model_path: str, examples: list[tuple[str, str]], cfg: RestEMC
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     loaded.tokenizer.save_pretrained(tmp)
+    if out_dir.exists():  # left by a crash between saving and writing the round summary
+        shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # a crash mid-save leaves no half checkpoint that resume would trust
     return {"sft_losses": stats.losses[0] if stats else [], "sft_steps": stats.steps if stats else 0}
 
@@ -173,12 +175,15 @@ def run_rest_em(
         spec = EvaluatorSpec(model=generator, domain=domain, lora=inner_lora, train=inner_train, n_slots=n_slots,
                              device=device, dtype=dtype)
         ex = make_executor(spec, executor, progress=progress, **(executor_kwargs or {}))
-        todo = [c for c in ctxs if not run.done(f"r{rnd}/gen/{context_id(c)}")]
         per_chunk = max(1, cfg.generation.batch_size // cfg.k)
-        for c0 in range(0, len(todo), per_chunk):
-            chunk = todo[c0:c0 + per_chunk]
+        for c0 in range(0, len(ctxs), per_chunk):  # chunks/seeds by position: resume samples the same
+            chunk = ctxs[c0:c0 + per_chunk]
+            if all(run.done(f"r{rnd}/gen/{context_id(c)}") for c in chunk):
+                continue
             texts, secs, _ = ex.sample_self_edits(chunk, cfg.k, cfg.generation, seed=seed * 7919 + rnd * 1009 + c0)
             for c, t in zip(chunk, texts):
+                if run.done(f"r{rnd}/gen/{context_id(c)}"):
+                    continue
                 run.record(f"r{rnd}/gen/{context_id(c)}", {"self_edits": t, "generate_s": secs / len(chunk)})
         if learner != generator:
             ex.close()
@@ -194,7 +199,8 @@ def run_rest_em(
             for j, text in enumerate(run.get(f"r{rnd}/gen/{cid}")["self_edits"]):
                 for s in range(cfg.seeds):
                     jobs.append(Job(f"r{rnd}/eval/{cid}/{j}/s{s}", c, text, seed + s))
-        run_jobs(ex, [j for j in jobs if not run.done(j.key)], on_result=lambda r: run.record(r.key, r.to_dict()),
+        run_jobs(ex, [j for j in jobs if not run.done(j.key)],
+                 on_result=lambda r: run.record(r.key, r.to_dict()) if r.complete else None,
                  progress=progress, desc=f"round {rnd} self-edit evaluations")
         ex.close()
         del ex
@@ -211,7 +217,8 @@ def run_rest_em(
             for j in range(len(edits)):
                 recs = [run.get(f"r{rnd}/eval/{cid}/{j}/s{s}") for s in range(cfg.seeds)]
                 n_invalid += sum(1 for r in recs if not r.get("valid", True))
-                scores = [r["score"] for r in recs if r.get("score") is not None]
+                # an invalid self-edit (reward 0 by rule) is never a candidate for the SFT set
+                scores = [r["score"] for r in recs if r.get("valid", True) and r.get("score") is not None]
                 rs.append((j, float(np.mean(scores)) if scores else None))
             rewards[cid] = rs
         kept = select(rewards, baselines, cfg.selection, cfg.min_gain)

@@ -40,6 +40,10 @@ class RunDir:
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.units: dict[str, dict[str, Any]] = {}
         if self.units_path.exists():
+            raw = self.units_path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # a torn last line: end it so the next record is whole
+                with open(self.units_path, "ab") as f:
+                    f.write(b"\n")
             for line in self.units_path.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)

@@ -159,6 +159,8 @@ def run_continual(cfg: ContinualConfig) -> dict:
             seen = [passages[order[i]] for i in range(t + 1)]
             res = domain.evaluate(engine, seen, [None] * len(seen))
             scores = [r["score"] if r["score"] is not None else float("nan") for r in res]
+            if any(np.isnan(scores)):  # the judge failed: stop here; a rerun resumes at this step
+                raise RuntimeError(f"the grader failed on order {o}, step {t}; rerun the same command to resume")
             R[t, : t + 1] = scores
             run.record(key, {"order": order, "step": t, "passage_id": p.passage_id, "self_edit": texts[0],
                              "scores": scores})

@@ -46,8 +46,11 @@ class CorpusDomain:
 
     def training_plan(self, context: Corpus, self_edit: str | None, seed: int) -> TrainPlan | str:
         edits = json.loads(self_edit) if self_edit is not None else [None] * len(context.passages)
+        if not isinstance(edits, list) or len(edits) != len(context.passages):
+            return "a CPT self-edit must be a JSON list with one entry per passage"
         examples = []
         for p, e in zip(context.passages, edits):
+            e = e if isinstance(e, str) else None
             plan = self.inner.training_plan(p, e, seed)
             if isinstance(plan, str):  # one garbled self-edit: that passage contributes itself only
                 plan = self.inner.training_plan(p, None, seed)
@@ -89,7 +92,8 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
         jobs.append(Job("cpt/passage", corpus, None, cfg.seed))
     for name, edits in sources.items():
         jobs.append(Job(f"cpt/{name}", corpus, json.dumps(edits), cfg.seed))
-    run_jobs(ex, [j for j in jobs if not run.done(j.key)], on_result=lambda r: run.record(r.key, r.to_dict()),
+    run_jobs(ex, [j for j in jobs if not run.done(j.key)],
+             on_result=lambda r: run.record(r.key, r.to_dict()) if r.complete else None,
              progress=cfg.progress, desc="CPT conditions")
     ex.close()
 

@@ -38,13 +38,17 @@ def generator_names(generators: list[str]) -> dict[str, str]:
     'SEAL round i'; other generators 'generator', 'generator1', ..."""
     import re
 
-    out = {}
-    for i, g in enumerate(generators):
+    out: dict[str, str] = {}
+    for g in generators:
         path = Path(g)
         if (path / "generator").is_dir():
             path = path / "generator"
-        m = re.search(r"round-(\d+)", str(path))
-        name = f"SEAL round {m.group(1)}" if m else (f"generator{i}" if len(generators) > 1 else "generator")
+        rd = path.parent.name if path.name == "generator" else path.name
+        m = re.fullmatch(r"round-(\d+)", rd)
+        name = base = f"SEAL round {m.group(1)}" if m else f"generator:{path.name}"
+        n = 2
+        while name in out:
+            name, n = f"{base} ({n})", n + 1
         out[name] = str(path)
     return out
 
@@ -88,8 +92,13 @@ def sample_with_generator(generator: str, passages: list[Passage], cfg: Knowledg
                           tag: str, executor=None) -> None:
     """Sample K self-edits per passage from `generator` (the executor's model when executor is given),
     recording one unit per passage so a resumed run never resamples."""
-    todo = [p for p in passages if not run.done(f"gen/{tag}/{p.passage_id}")]
-    if not todo:
+    for p in passages:
+        key = f"gen/{tag}/{p.passage_id}"
+        if run.done(key) and Path(run.get(key)["generator"]).resolve() != Path(generator).resolve() \
+                and run.get(key)["generator"] != generator:
+            raise ValueError(f"row {tag!r} in {run.path} was sampled from {run.get(key)['generator']}, "
+                             f"not {generator}; use another --out")
+    if all(run.done(f"gen/{tag}/{p.passage_id}") for p in passages):
         return
     own_executor = executor is None
     if own_executor:
@@ -98,10 +107,16 @@ def sample_with_generator(generator: str, passages: list[Passage], cfg: Knowledg
         executor = make_executor(spec, "local", progress=cfg.progress)
     # Chunks of whole passages with a seed per chunk: the same chunking gives the same samples.
     per_chunk = max(1, cfg.generation.batch_size // max(cfg.k, 1))
-    for c in range(0, len(todo), per_chunk):
-        chunk = todo[c:c + per_chunk]
+    # Chunks and seeds follow positions in the full passage list, so a resumed or extended run
+    # samples exactly what an uninterrupted one would.
+    for c in range(0, len(passages), per_chunk):
+        chunk = passages[c:c + per_chunk]
+        if all(run.done(f"gen/{tag}/{p.passage_id}") for p in chunk):
+            continue
         texts, secs, n_tok = executor.sample_self_edits(chunk, cfg.k, cfg.generation, seed=cfg.seed + c)
         for p, t in zip(chunk, texts):
+            if run.done(f"gen/{tag}/{p.passage_id}"):
+                continue
             run.record(f"gen/{tag}/{p.passage_id}", {"passage_id": p.passage_id, "generator": generator,
                                                      "self_edits": t, "generate_s": secs / len(chunk),
                                                      "generate_tokens": n_tok // len(chunk)})
@@ -135,18 +150,22 @@ def summarize(cfg: KnowledgeEvalConfig, passages: list[Passage], run: RunDir, ro
     for cond in rows:
         per_passage, best_of_k, n_q, n_edits, n_invalid = {}, {}, 0, 0, 0
         for p in passages:
-            recs = [r for key, r in run.units.items() if key.startswith(f"eval/{cond}/{p.passage_id}")]
+            pref = f"eval/{cond}/{p.passage_id}"
+            recs = [r for key, r in run.units.items() if key == pref or key.startswith(pref + "/")]
+
+            def edit_of(r, pref=pref):  # the self-edit index: the key part after the passage id
+                return r["unit"][len(pref) + 1:].split("/")[0] if r["unit"] != pref else "0"
             scores = [r["score"] for r in recs if r.get("score") is not None]
             if not scores:
                 continue
-            n_edits += len({r["unit"].split("/")[3] if len(r["unit"].split("/")) > 3 else "0" for r in recs})
+            n_edits += len({edit_of(r) for r in recs})
             n_invalid += sum(1 for r in recs if not r.get("valid", True))
             per_passage[p.passage_id] = float(np.mean(scores))
             n_q += len(p.questions)
             by_edit: dict[str, list[float]] = {}
             for r in recs:
                 if r.get("score") is not None:
-                    by_edit.setdefault(r["unit"].split("/")[3] if cond != "base" else "0", []).append(r["score"])
+                    by_edit.setdefault(edit_of(r), []).append(r["score"])
             best_of_k[p.passage_id] = max(float(np.mean(v)) for v in by_edit.values())
         if cond == "base":
             base_by_pid = per_passage
@@ -236,7 +255,8 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
     jobs = [j for j in build_jobs(cfg, passages, run, sources) if not run.done(j.key)]
 
     def on_result(r: JobResult) -> None:
-        run.record(r.key, r.to_dict())
+        if r.complete:
+            run.record(r.key, r.to_dict())
 
     run_jobs(executor, jobs, on_result=on_result, progress=cfg.progress)
     executor.close()

@@ -54,6 +54,7 @@ class KnowledgeTrainConfig:
     executor: str = "local"
     ray_address: str | None = None
     ray_actors: int = 2
+    ray_gpus_per_actor: float = 0.0
     out: str | None = None
     """Run directory (default runs/knowledge-train-<hash>); holds round-<i>/ with sft.jsonl, rewards.json, generator/."""
     progress: bool = True
@@ -73,7 +74,8 @@ def run_train(cfg: KnowledgeTrainConfig):
     rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.passages_per_round, k=cfg.k, seeds=cfg.seeds,
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
-    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors} if cfg.executor == "ray" else {}
+    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors,
+          "ray_gpus_per_actor": cfg.ray_gpus_per_actor} if cfg.executor == "ray" else {}
     summaries = run_rest_em(rcfg, passages, lambda p: p.passage_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                             executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
