@@ -67,8 +67,9 @@ class MultiLoRALinear(nn.Module):
             return y
         if index.numel() == 1 and x.shape[0] != 1:
             index = index.expand(x.shape[0])
-        a = self.lora_A[index].to(x.dtype)  # [B, r, in]
-        b = self.lora_B[index].to(x.dtype)  # [B, out, r]
+        # index_select: its backward is a fast index_add (advanced indexing's is ~5x slower on CPU)
+        a = self.lora_A.index_select(0, index).to(x.dtype)  # [B, r, in]
+        b = self.lora_B.index_select(0, index).to(x.dtype)  # [B, out, r]
         squeeze = x.dim() == 2
         h = self.dropout(x.unsqueeze(1) if squeeze else x)
         delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2))
