@@ -95,3 +95,25 @@ def test_merge_into_base_keeps_function(tiny):
     adapted = _logits(engine, adapter=0)
     engine.lora.merge_into_base(0)
     torch.testing.assert_close(_logits(engine), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypatch):
+    import copy
+
+    from seal_lm import engine as E
+
+    assert E.length_groups([10, 200, 12, 190]) == [[0, 2], [3, 1]]
+    assert E.length_groups([50, 52, 55]) == [[0, 1, 2]]  # too little to save: one group
+    plans = [TrainPlan([("", "short."), ("", "A much longer line about the fictional town of Brask, its towers, "
+                                          "its seven bridges and the river that runs under all of them.")], seed=1),
+             TrainPlan([("", "tiny"), ("", "also tiny")], seed=2)]
+    grouped = Engine(copy.deepcopy(tiny), n_slots=2, lora=LoRAConfig(r=4, alpha=8))
+    g = grouped.train(plans, CFG, progress=False)
+    monkeypatch.setattr(E, "length_groups", lambda lengths, **kw: [list(range(len(lengths)))])
+    single = Engine(tiny, n_slots=2, lora=LoRAConfig(r=4, alpha=8))
+    s = single.train(plans, CFG, progress=False)
+    assert g.tokens == s.tokens and g.padded_tokens < s.padded_tokens  # the grouped run really computed fewer (padded) tokens
+    for k in range(2):
+        torch.testing.assert_close(torch.tensor(g.losses[k]), torch.tensor(s.losses[k]), rtol=1e-4, atol=1e-5)
+        for name, t in grouped.lora.adapter_state(k).items():
+            torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=5e-5)

@@ -66,6 +66,7 @@ class TrainPlan:
 class TrainStats:
     losses: list[list[float]] = field(default_factory=list)  # per adapter, per step
     tokens: int = 0  # real (non-pad) tokens processed in forward passes
+    padded_tokens: int = 0  # tokens computed, padding included
     trained_tokens: int = 0  # tokens that carried loss
     steps: int = 0
     seconds: float = 0.0
@@ -147,22 +148,37 @@ class Engine:
                             row_adapter.append(k)
                 if not rows:
                     break
-                width = max(len(ids) for ids, _ in rows)
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                labels = torch.full((len(rows), width), -100, dtype=torch.long)
-                attn = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, (ids, lab) in enumerate(rows):
-                    input_ids[r, : len(ids)] = torch.tensor(ids)
-                    labels[r, : len(lab)] = torch.tensor(lab)
-                    attn[r, : len(ids)] = 1
-                input_ids, labels, attn = input_ids.to(dev), labels.to(dev), attn.to(dev)
-                local = torch.tensor(row_adapter, dtype=torch.long)  # plan number of each row
+                # Each adapter's loss is the mean over ALL its label tokens of this step, so the rows
+                # may be run in several length groups (less padding) with exactly the same gradients.
+                counts = torch.zeros(k_n)
+                for (ids, lab), k in zip(rows, row_adapter):
+                    counts[k] += sum(1 for t in lab[1:] if t != -100)
+                loss_sums = torch.zeros(k_n)
+                for group in length_groups([len(ids) for ids, _ in rows]):
+                    g_rows = [rows[r] for r in group]
+                    width = max(len(ids) for ids, _ in g_rows)
+                    input_ids = torch.full((len(g_rows), width), pad, dtype=torch.long)
+                    labels = torch.full((len(g_rows), width), -100, dtype=torch.long)
+                    attn = torch.zeros((len(g_rows), width), dtype=torch.long)
+                    for r, (ids, lab) in enumerate(g_rows):
+                        input_ids[r, : len(ids)] = torch.tensor(ids)
+                        labels[r, : len(lab)] = torch.tensor(lab)
+                        attn[r, : len(ids)] = 1
+                    stats.tokens += int(attn.sum())
+                    stats.padded_tokens += attn.numel()
+                    stats.trained_tokens += int((labels[:, 1:] != -100).sum())
+                    local = torch.tensor([row_adapter[r] for r in group], dtype=torch.long)  # plan of each row
+                    slot_of_row = torch.tensor([slots[row_adapter[r]] for r in group], dtype=torch.long)
+                    with self.lora.use(slot_of_row):
+                        sums = self._per_adapter_loss_sums(input_ids.to(dev), attn.to(dev), labels.to(dev),
+                                                           local.to(dev), k_n)
+                    # adapter k only sees the gradient of its own (token-mean) loss
+                    (sums / counts.to(sums.device).clamp(min=1)).sum().backward()
+                    loss_sums += sums.detach().float().cpu()
+                per_adapter = loss_sums / counts.clamp(min=1)
                 slot_of_row = torch.tensor([slots[k] for k in row_adapter], dtype=torch.long)
-                with self.lora.use(slot_of_row):
-                    per_adapter = self._per_adapter_loss(input_ids, attn, labels, local.to(dev), k_n)
                 active = torch.zeros(self.lora.n_adapters, dtype=torch.bool)
                 active[slot_of_row.unique()] = True
-                per_adapter.sum().backward()  # adapter k only sees its own loss's gradient
                 if cfg.grad_clip > 0:
                     clip_grad_norm_per_adapter(params, cfg.grad_clip, self.lora.n_adapters)
                 lr_now = torch.zeros(self.lora.n_adapters)
@@ -174,9 +190,7 @@ class Engine:
                 opt.zero_grad()
                 for k in range(k_n):
                     if active[slots[k]]:
-                        stats.losses[k].append(float(per_adapter[k].detach()))
-                stats.tokens += int(attn.sum())
-                stats.trained_tokens += int((labels[:, 1:] != -100).sum())
+                        stats.losses[k].append(float(per_adapter[k]))
                 stats.steps += 1
                 bar.update(1)
         finally:
@@ -188,8 +202,8 @@ class Engine:
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    def _per_adapter_loss(self, input_ids, attn, labels, index, k_n) -> torch.Tensor:
-        """Mean next-token loss of each adapter's rows. The LM head runs only on positions that carry
+    def _per_adapter_loss_sums(self, input_ids, attn, labels, index, k_n) -> torch.Tensor:
+        """Summed next-token loss of each adapter's rows. The LM head runs only on positions that carry
         a label (the vocabulary projection is ~20% of a small model's FLOPs; padding and prompt
         positions would waste it)."""
         decoder = getattr(self.model, self.model.base_model_prefix)
@@ -200,9 +214,7 @@ class Engine:
         logits = self.model.get_output_embeddings()(h).float()
         tok_loss = F.cross_entropy(logits, shift_labels[mask], reduction="none")
         row_of_tok = index.view(-1, 1).expand_as(shift_labels)[mask]
-        sums = torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
-        counts = torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, torch.ones_like(tok_loss))
-        return sums / counts.clamp(min=1)
+        return torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -251,6 +263,23 @@ class Engine:
                 n_tokens += len(toks)
                 out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return out, n_tokens
+
+def length_groups(lengths: list[int], max_groups: int = 2, min_saving: float = 0.2) -> list[list[int]]:
+    """Split rows (by index) into at most `max_groups` groups of similar length when that saves at
+    least `min_saving` of the padded tokens; otherwise one group. Fewer, larger groups keep matmuls big."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    one = len(lengths) * max(lengths)
+    if max_groups < 2 or len(lengths) < 2:
+        return [order]
+    best, cut = one, None
+    for c in range(1, len(order)):
+        cost = c * lengths[order[c - 1]] + (len(order) - c) * lengths[order[-1]]
+        if cost < best:
+            best, cut = cost, c
+    if cut is None or best > (1 - min_saving) * one:
+        return [order]
+    return [order[:cut], order[cut:]]
+
 
 def chat_prompt(tokenizer, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
     """Format one user turn with the tokenizer's chat template (plain text if it has none)."""
