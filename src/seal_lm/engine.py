@@ -8,7 +8,6 @@ adapters are reset in memory; the base weights are never touched.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -288,14 +287,3 @@ def chat_prompt(tokenizer, user: str, system: str | None = None, assistant_prefi
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return text + assistant_prefix
     return (f"{system}\n\n" if system else "") + user + ("\n" if not user.endswith("\n") else "") + assistant_prefix
-
-
-def flops_per_token(model, trainable_only_backward: bool = True) -> float:
-    """Approximate training FLOPs per token: 2N forward + 2N backward (input grads only; the base is
-    frozen, so no weight grads) — the usual 6N rule minus the skipped weight-gradient matmuls."""
-    n = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_)
-    return (4.0 if trainable_only_backward else 6.0) * n
-
-
-def num_batches(n: int, size: int) -> int:
-    return math.ceil(n / size) if n else 0

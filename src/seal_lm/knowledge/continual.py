@@ -117,10 +117,7 @@ def run_continual(cfg: ContinualConfig) -> dict:
     n = len(passages)
     if n < 2:
         raise ValueError("the continual setting needs at least 2 passages")
-    domain = KnowledgeDomain(style=cfg.style, max_sequences=cfg.max_sequences,
-                             answer=GenerationConfig(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
-                             judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
-                             judge_cache=str(out / "judge_cache.jsonl") if cfg.judge_url else None)
+    domain = KnowledgeDomain.from_config(cfg, out)
     engine = Engine(load_model(cfg.model, device=cfg.device, dtype=cfg.dtype),
                     n_slots=n if cfg.mode == "stack" else 1, lora=cfg.lora)
     saved = _target_weights(engine)

@@ -21,7 +21,7 @@ from ..runs import RunDir
 from .data import Passage, Question
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
-from .eval_table import ADDITIVE, default_out, generator_names, make_domain, sample_with_generator, select_passages
+from .eval_table import ADDITIVE, default_out, generator_names, sample_with_generator, select_passages
 
 
 @dataclass
@@ -69,7 +69,7 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
     run = RunDir(out, cfg, additive=tuple(f for f in ADDITIVE if f != "passages"))
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     passages = select_passages(cfg)
-    domain = make_domain(cfg, out)
+    domain = KnowledgeDomain.from_config(cfg, out)
     cfg_one = cfg if cfg.k == 1 else type(cfg)(**{**cfg.__dict__, "k": 1})  # one self-edit per passage
     sources: dict[str, list[str | None]] = {}
     spec = EvaluatorSpec(model=cfg.model, domain=CorpusDomain(domain), lora=cfg.lora, train=cfg.train,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from ..engine import Engine, GenerationConfig, TrainPlan
 from .data import Passage
 from .grading import GradeItem, make_grader
-from .prompts import answer_prompt, self_edit_prompt
+from .prompts import answer_prompt, load_user_template, self_edit_prompt
 from .self_edits import training_sequences
 
 
@@ -50,6 +51,19 @@ class KnowledgeDomain:
         if self._grader is None:
             self._grader = make_grader(self.judge_url, self.judge_model, self.judge_key_env, self.judge_cache)
         return self._grader
+
+    @classmethod
+    def from_config(cls, cfg, run_path: Path) -> "KnowledgeDomain":
+        """The domain of any knowledge command's config (eval, cpt, train, continual share these fields);
+        the judge's verdict cache lives in the run directory."""
+        template = getattr(cfg, "template", None)
+        return cls(
+            style=cfg.style, template=load_user_template(template) if template else None,
+            max_sequences=cfg.max_sequences,
+            answer=GenerationConfig(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
+            judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
+            judge_cache=str(run_path / "judge_cache.jsonl") if cfg.judge_url else None,
+        )
 
     # -- Domain protocol ------------------------------------------------------------------
     def self_edit_prompt(self, tokenizer, context: Passage) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import config_hash, to_dict
-from ..engine import GenerationConfig
 from ..executors import make_executor, run_jobs
 from ..inner_loop import EvaluatorSpec, Job, JobResult
 from ..runs import RunDir
@@ -25,7 +24,6 @@ from ..stats import bootstrap_ci
 from .data import Passage, load_passages
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
-from .prompts import load_user_template
 
 
 # Fields that only add rows or passages: a finished unit means the same thing with or without them.
@@ -72,16 +70,6 @@ def select_passages(cfg: KnowledgeEvalConfig) -> list[Passage]:
     if not passages:
         raise ValueError(f"no passages selected from {cfg.data}")
     return passages
-
-
-def make_domain(cfg: KnowledgeEvalConfig, run_path: Path) -> KnowledgeDomain:
-    return KnowledgeDomain(
-        style=cfg.style, template=load_user_template(cfg.template) if cfg.template else None,
-        max_sequences=cfg.max_sequences,
-        answer=GenerationConfig(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
-        judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
-        judge_cache=str(run_path / "judge_cache.jsonl") if cfg.judge_url else None,
-    )
 
 
 def default_out(cfg: KnowledgeEvalConfig, kind: str = "knowledge-eval") -> Path:
@@ -234,7 +222,7 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
         cfg = replace(cfg, conditions=[c for c in cfg.conditions if c != "external"])
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     print(f"{len(passages)} passages, {sum(len(p.questions) for p in passages)} questions; conditions: {', '.join(cfg.conditions)}")
-    domain = make_domain(cfg, out)
+    domain = KnowledgeDomain.from_config(cfg, out)
     spec = EvaluatorSpec(model=cfg.model, domain=domain, lora=cfg.lora, train=cfg.train, n_slots=cfg.slots,
                          device=cfg.device, dtype=cfg.dtype)
     t_start = time.perf_counter()

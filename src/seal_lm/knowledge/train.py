@@ -65,12 +65,7 @@ def run_train(cfg: KnowledgeTrainConfig):
     run = RunDir(out, cfg)
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     passages = load_passages(cfg.data)
-    from ..engine import GenerationConfig as G
-
-    domain = KnowledgeDomain(style=cfg.style, max_sequences=cfg.max_sequences,
-                             answer=G(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
-                             judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
-                             judge_cache=str(out / "judge_cache.jsonl") if cfg.judge_url else None)
+    domain = KnowledgeDomain.from_config(cfg, out)
     rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.passages_per_round, k=cfg.k, seeds=cfg.seeds,
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
@@ -84,6 +79,6 @@ def run_train(cfg: KnowledgeTrainConfig):
     for s in summaries:
         print(f"| {s.round} | {s.mean_baseline:.3f} | {s.mean_reward:.3f} | {s.mean_selected_reward:.3f} | "
               f"{s.sft_examples} | {s.invalid} | {s.seconds:.0f} |")
-    print(f"\ngenerators: " + ", ".join(str(out / f'round-{s.round}' / 'generator') for s in summaries))
+    print("\ngenerators: " + ", ".join(str(out / f'round-{s.round}' / 'generator') for s in summaries))
     print(f"reward plot: {out / 'rewards.png'}")
     return summaries
