@@ -117,10 +117,11 @@ def test_redraws_replace_unparseable_recipes(tmp_path):
     tasks = select_tasks(cfg)
     run = RunDir(tmp_path, cfg)
     ex = ScriptedSampler()
-    experiments._sample(ex, cfg, tasks, run, "ttt", "tiny-random")
+    domain = experiments.make_domain(cfg)
+    experiments._sample(ex, cfg, tasks, run, "ttt", "tiny-random", domain)
     for t in tasks:
         rec = run.get(f"gen/ttt/{t.task_id}")
         assert rec["discarded"] == 1 and "junk" not in rec["self_edits"] and len(rec["self_edits"]) == 3
     assert ex.calls == 2  # one redraw round sufficed
-    experiments._sample(ex, cfg, tasks, run, "ttt", "tiny-random")
+    experiments._sample(ex, cfg, tasks, run, "ttt", "tiny-random", domain)
     assert ex.calls == 2  # done units are never resampled

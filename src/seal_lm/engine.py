@@ -216,6 +216,17 @@ class Engine:
         return torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
 
     # ------------------------------------------------------------------ generation
+    @property
+    def end_token_ids(self) -> set[int]:
+        """Every end token the model declares (e.g. Llama-3's <|eot_id|>), not only the tokenizer's."""
+        ge = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
+        ids = {*ge} if isinstance(ge, list) else {ge} if ge is not None else set()
+        return ids | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+
+    def constraint(self, strings: list[str]) -> "TokenTrie":
+        """A decoding constraint to exactly `strings` (each followed by an end token)."""
+        return TokenTrie(self.tokenizer, strings, sorted(self.end_token_ids))
+
     @torch.no_grad()
     def generate(
         self,
@@ -225,19 +236,19 @@ class Engine:
         seed: int = 0,
         progress: bool = False,
         desc: str = "generate",
+        constraint: "TokenTrie | None" = None,
     ) -> tuple[list[str], int]:
         """Decode `prompts` (already formatted, e.g. with the chat template) in batches.
 
         adapters[i] is the slot used for prompt i (None: the bare base model). Rows are grouped by
-        length so padding stays small. Returns (texts, number of generated tokens)."""
+        length so padding stays small. With `constraint`, every row is one of the constraint's strings,
+        sampled from the model's own distribution restricted to them (see TokenTrie).
+        Returns (texts, number of generated tokens)."""
         adapters = adapters if adapters is not None else [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         n_tokens = 0
-        eos = self.tokenizer.eos_token_id
-        # Stop at every end token the model declares (e.g. Llama-3's <|eot_id|>), not only the tokenizer's.
-        ge = self.model.generation_config.eos_token_id
-        eos_ids = ({*ge} if isinstance(ge, list) else {ge} if ge is not None else set()) | {eos}
+        eos_ids = self.end_token_ids
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for b, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
             enc = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
@@ -248,6 +259,9 @@ class Engine:
             torch.manual_seed(seed * 1_000_003 + b)
             kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                           eos_token_id=sorted(eos_ids))
+            if constraint is not None:
+                prompt_len = enc["input_ids"].shape[1]
+                kwargs["prefix_allowed_tokens_fn"] = lambda _row, ids: constraint.allowed(ids[prompt_len:].tolist())
             if cfg.temperature > 0:
                 kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
             else:
@@ -262,6 +276,38 @@ class Engine:
                 n_tokens += len(toks)
                 out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return out, n_tokens
+
+class TokenTrie:
+    """Constrained decoding to a finite set of strings (e.g. every recipe of a grammar).
+
+    Each string's canonical tokenization is a path in a trie; at every decoding step only the children of
+    the row's current node are allowed (HF `generate`'s `prefix_allowed_tokens_fn`), and a finished string
+    allows only end tokens. The model's own probabilities choose among the allowed tokens, so a sample is
+    a draw from the model restricted to valid outputs, and SFT on the samples teaches the same choices.
+    Written here because the set is small and finite: a trie is exact and ~20 lines, where grammar
+    libraries (outlines, lm-format-enforcer) would add heavy dependencies for the same result."""
+
+    def __init__(self, tokenizer, strings: list[str], end_ids: list[int]):
+        if not strings:
+            raise ValueError("TokenTrie needs at least one string")
+        self.end_ids = sorted(set(end_ids))
+        self.root: dict = {}
+        self.n_strings = len(set(strings))
+        for ids in tokenizer(list(strings), add_special_tokens=False)["input_ids"]:
+            node = self.root
+            for t in ids:
+                node = node.setdefault(t, {})
+            node[None] = True  # a complete string ends here
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        node = self.root
+        for t in generated:
+            if t in self.end_ids or t not in node:  # finished (or padding after the end)
+                return self.end_ids
+            node = node[t]
+        nxt = [t for t in node if t is not None]
+        return nxt + self.end_ids if None in node else nxt
+
 
 def length_groups(lengths: list[int], max_groups: int = 2, min_saving: float = 0.2) -> list[list[int]]:
     """Split rows (by index) into at most `max_groups` groups of similar length when that saves at

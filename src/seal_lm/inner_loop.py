@@ -35,6 +35,9 @@ class Domain(Protocol):
         has "score" (the reward, a float in [0, 1], or None if it could not be measured, e.g. the
         judge failed) plus domain details; timings go in "answer_s"/"grade_s"."""
 
+    # Optional: `self_edit_choices() -> list[str] | None`. A domain whose self-edits come from a finite
+    # set (ARC recipes in constrained mode) returns it, and sampling is restricted to it (engine.TokenTrie).
+
 
 @dataclass
 class Job:
@@ -93,12 +96,16 @@ class SelfEditEvaluator:
         self.domain = spec.domain
         self.engine = Engine(load_model(spec.model, device=spec.device, dtype=spec.dtype), spec.n_slots, spec.lora)
         self.progress = progress
+        choices = getattr(self.domain, "self_edit_choices", None)
+        choices = choices() if callable(choices) else None
+        self.constraint = self.engine.constraint(choices) if choices else None
 
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int) -> tuple[list[list[str]], float, int]:
         """k sampled self-edits per context in batched generation. Returns (texts, seconds, tokens)."""
         prompts = [self.domain.self_edit_prompt(self.engine.tokenizer, c) for c in contexts for _ in range(k)]
         t0 = time.perf_counter()
-        texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits")
+        texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits",
+                                            constraint=self.constraint)
         secs = time.perf_counter() - t0
         return [texts[i * k:(i + 1) * k] for i in range(len(contexts))], secs, n_tok
 
@@ -150,3 +157,52 @@ def group_jobs(jobs: Sequence[Job], n_slots: int) -> list[list[Job]]:
     groups = [base[i:i + 64] for i in range(0, len(base), 64)]
     groups += [updating[i:i + n_slots] for i in range(0, len(updating), n_slots)]
     return groups
+
+
+def self_edit_is_valid(domain: Domain, context: Any, text: str) -> bool:
+    """Whether the domain can train on `text` (e.g. an ARC recipe that parses and fits the compute cap)."""
+    try:
+        plan = domain.training_plan(context, text, 0)
+    except Exception:  # a garbled self-edit is invalid, never a crash
+        return False
+    return not isinstance(plan, str) and bool(plan.examples)
+
+
+def sample_self_edit_units(executor, contexts: Sequence[Any], context_id, k: int, cfg: GenerationConfig, run,
+                           key_prefix: str, seed: int, domain: Domain | None = None, redraws: int = 0,
+                           fields: dict | None = None) -> None:
+    """Sample k self-edits per context with `executor`'s model; one run unit `{key_prefix}/{id}` per context.
+
+    Contexts go in chunks of whole contexts (cfg.batch_size // k per generate call) with the seed
+    `seed + chunk position`, so a resumed or extended run samples exactly what an uninterrupted one would.
+    With redraws > 0 (and `domain` given), invalid self-edits (see self_edit_is_valid) are redrawn up to that many extra times
+    — bounded, unlike a redraw-until-it-parses loop; the unit records how many were replaced ("discarded")."""
+    per_chunk = max(1, cfg.batch_size // max(k, 1))
+    for c0 in range(0, len(contexts), per_chunk):
+        chunk = list(contexts[c0:c0 + per_chunk])
+        if all(run.done(f"{key_prefix}/{context_id(c)}") for c in chunk):
+            continue
+        texts, secs, n_tok = executor.sample_self_edits(chunk, k, cfg, seed=seed + c0)
+        discarded = [0] * len(chunk)
+        ok = (lambda c, t: self_edit_is_valid(domain, c, t)) if domain is not None else (lambda c, t: True)
+        for r in range(1, (redraws if domain is not None else 0) + 1):
+            redo = [i for i, tx in enumerate(texts) if not all(ok(chunk[i], x) for x in tx)]
+            if not redo:
+                break
+            more, s2, n2 = executor.sample_self_edits([chunk[i] for i in redo], k, cfg, seed=seed + c0 + 1_000_003 * r)
+            secs, n_tok = secs + s2, n_tok + n2
+            for i, new in zip(redo, more):
+                fresh = [x for x in new if ok(chunk[i], x)]
+                kept = []
+                for x in texts[i]:
+                    if fresh and not ok(chunk[i], x):
+                        kept.append(fresh.pop(0))
+                        discarded[i] += 1
+                    else:
+                        kept.append(x)
+                texts[i] = kept
+        for c, tx, d in zip(chunk, texts, discarded):
+            key = f"{key_prefix}/{context_id(c)}"
+            if not run.done(key):
+                run.record(key, {"context_id": context_id(c), **(fields or {}), "self_edits": tx, "discarded": d,
+                                 "generate_s": secs / len(chunk), "generate_tokens": n_tok // len(chunk)})

@@ -25,7 +25,7 @@ import numpy as np
 
 from .engine import Engine, GenerationConfig, TrainConfig, TrainPlan
 from .executors import make_executor, run_jobs
-from .inner_loop import EvaluatorSpec, Job
+from .inner_loop import EvaluatorSpec, Job, sample_self_edit_units
 from .lora import LoRAConfig
 from .models import load_model, load_tokenizer
 from .runs import RunDir
@@ -65,6 +65,9 @@ class RestEMConfig:
     """Generator SFT (paper: lr 3e-4, 2 epochs), loss on self-edit tokens only."""
     separate_learner: bool = False
     """Keep the inner-loop learner at the base model instead of the current generator."""
+    redraws: int = 0
+    """Redraw self-edits the domain cannot train on (e.g. an ARC recipe that does not parse) up to this
+    many extra times; 0 keeps every draw (an invalid one scores 0 and is never selected)."""
 
 
 @dataclass
@@ -175,16 +178,9 @@ def run_rest_em(
         spec = EvaluatorSpec(model=generator, domain=domain, lora=inner_lora, train=inner_train, n_slots=n_slots,
                              device=device, dtype=dtype)
         ex = make_executor(spec, executor, progress=progress, **(executor_kwargs or {}))
-        per_chunk = max(1, cfg.generation.batch_size // cfg.k)
-        for c0 in range(0, len(ctxs), per_chunk):  # chunks/seeds by position: resume samples the same
-            chunk = ctxs[c0:c0 + per_chunk]
-            if all(run.done(f"r{rnd}/gen/{context_id(c)}") for c in chunk):
-                continue
-            texts, secs, _ = ex.sample_self_edits(chunk, cfg.k, cfg.generation, seed=seed * 7919 + rnd * 1009 + c0)
-            for c, t in zip(chunk, texts):
-                if run.done(f"r{rnd}/gen/{context_id(c)}"):
-                    continue
-                run.record(f"r{rnd}/gen/{context_id(c)}", {"self_edits": t, "generate_s": secs / len(chunk)})
+        # chunks and seeds by position: a resumed round samples exactly what it would have
+        sample_self_edit_units(ex, ctxs, context_id, cfg.k, cfg.generation, run, f"r{rnd}/gen",
+                               seed=seed * 7919 + rnd * 1009, domain=domain, redraws=cfg.redraws)
         if learner != generator:
             ex.close()
             ex = make_executor(EvaluatorSpec(model=learner, domain=domain, lora=inner_lora, train=inner_train,

@@ -28,10 +28,13 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.units_path = self.path / "units.jsonl"
         cfg = to_dict(config) if not isinstance(config, dict) else config
+        defaults = _defaults(config)
         cfg_path = self.path / "config.yaml"
         if cfg_path.exists() and not allow_config_change:
             old = yaml.safe_load(cfg_path.read_text()) or {}
-            diff = sorted(k for k in set(old) | set(cfg) if k not in additive and _canon(old.get(k)) != _canon(cfg.get(k)))
+            # A field the stored config lacks matches its default: runs made before the field existed resume.
+            diff = sorted(k for k in set(old) | set(cfg) if k not in additive
+                          and _canon(old[k] if k in old else defaults.get(k)) != _canon(cfg.get(k)))
             if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config (fields {diff}); "
@@ -84,6 +87,13 @@ class RunDir:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(p)
         return p
+
+
+def _defaults(config) -> dict:
+    try:
+        return to_dict(type(config)())
+    except Exception:  # a plain dict, or a config class without defaults for every field
+        return {}
 
 
 def _canon(x):

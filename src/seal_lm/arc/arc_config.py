@@ -67,8 +67,15 @@ class ArcEvalConfig:
     k: int = 5
     """Recipes sampled per task for ttt/seal, each evaluated (paper: 5)."""
     redraws: int = 0
-    """ttt/seal: redraw recipes that do not parse, up to this many extra sampling rounds (the paper's code
-    redraws until the JSON decodes; 0 keeps every draw, an unparseable one scoring 0)."""
+    """ttt/seal: redraw invalid recipes (unparseable or over the compute cap), up to this many extra sampling
+    rounds (the paper's code redraws until the JSON decodes; 0 keeps every draw, an invalid one scoring 0)."""
+    recipe_format: str = "constrained"
+    """constrained: sample only valid recipes (each field chosen by the model's probabilities among
+    recipe_learning_rates x recipe_epochs x families x strategies); free: free-text JSON (the paper)."""
+    recipe_learning_rates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
+    """constrained: learning rates a recipe may choose."""
+    recipe_epochs: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """constrained: epoch counts a recipe may choose."""
     oracle_recipes: int | None = None
     """Use only the first N recipes of the 12-recipe oracle grid (None: all)."""
     model: str = EMBEDDED
@@ -138,6 +145,12 @@ class ArcTrainConfig:
     """The starting generator (and learner)."""
     separate_learner: bool = False
     """Keep the TTT learner at --model instead of the current generator."""
+    redraws: int = 0
+    """Redraw invalid recipes up to this many extra sampling rounds (0: an invalid one scores 0)."""
+    recipe_format: str = "constrained"
+    """constrained: sample only valid recipes; free: free-text JSON (the paper)."""
+    recipe_learning_rates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
+    recipe_epochs: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     lora: LoRAConfig = field(default_factory=arc_lora)
     """TTT adapters."""
     train: TrainConfig = field(default_factory=arc_train)

@@ -19,7 +19,8 @@ import numpy as np
 from ..engine import Engine, GenerationConfig, TrainPlan, chat_prompt
 from .data import ArcTask
 from .grids import Grid, parse_completion
-from .recipe import DEFAULT_RECIPE, check_compute, parse_recipe, recipe_prompt
+from .recipe import (CHOICE_EPOCHS, CHOICE_LEARNING_RATES, DEFAULT_RECIPE, check_compute, parse_recipe,
+                     recipe_choices, recipe_prompt)
 from .ttt_data import build_ttt_examples, inference_views, vote
 
 MAX_ANSWER_TOKENS = 31 * 30
@@ -71,10 +72,24 @@ class ArcDomain:
     """Appended to every TTT answer (the tokenizer's EOS), so an adapted model stops after the grid."""
     answer_batch_size: int = 32
     """Rows per batch of the greedy answer decode."""
+    recipe_format: str = "constrained"
+    """constrained: recipes are sampled only among valid ones (recipe.recipe_choices); free: free text
+    parsed as JSON (the paper; a 135M model rarely writes it validly)."""
+    recipe_learning_rates: tuple[float, ...] = CHOICE_LEARNING_RATES
+    """constrained: the learning rates a recipe may choose."""
+    recipe_epochs: tuple[int, ...] = CHOICE_EPOCHS
+    """constrained: the epoch counts a recipe may choose."""
 
     # -- Domain protocol ------------------------------------------------------------------
     def context_id(self, task: ArcTask) -> str:
         return task.task_id
+
+    def self_edit_choices(self) -> list[str] | None:
+        if self.recipe_format == "free":
+            return None
+        if self.recipe_format != "constrained":
+            raise ValueError(f"recipe_format must be 'constrained' or 'free', got {self.recipe_format!r}")
+        return recipe_choices(self.recipe_learning_rates, self.recipe_epochs)
 
     def self_edit_prompt(self, tokenizer, context: ArcTask) -> str:
         return chat_prompt(tokenizer, recipe_prompt(context, self.prompt_demos))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import config_hash, to_dict
 from ..executors import make_executor, run_jobs
-from ..inner_loop import EvaluatorSpec, Job, JobResult
+from ..inner_loop import EvaluatorSpec, Job, JobResult, sample_self_edit_units
 from ..models import load_tokenizer
 from ..outer_loop import RestEMConfig, RoundSummary, run_rest_em
 from ..runs import RunDir
@@ -56,7 +56,8 @@ def make_domain(cfg: ArcEvalConfig | ArcTrainConfig, eos_text: str = "") -> ArcD
     return ArcDomain(n_views=cfg.n_views, max_examples=cfg.max_examples, max_epoch_examples=cfg.max_epoch_examples,
                      leave_out=tuple(cfg.leave_out), n_color_perms=cfg.n_color_perms,
                      max_seq_chars=cfg.train.max_seq_len, prompt_demos=cfg.prompt_demos, eos_text=eos_text,
-                     answer_batch_size=cfg.answer_batch_size)
+                     answer_batch_size=cfg.answer_batch_size, recipe_format=cfg.recipe_format,
+                     recipe_learning_rates=tuple(cfg.recipe_learning_rates), recipe_epochs=tuple(cfg.recipe_epochs))
 
 
 class _Executors:
@@ -85,40 +86,12 @@ class _Executors:
         self.ex, self.model = None, None
 
 
-def _sample(ex, cfg: ArcEvalConfig, tasks: list[ArcTask], run: RunDir, cond: str, generator: str) -> None:
+def _sample(ex, cfg: ArcEvalConfig, tasks: list[ArcTask], run: RunDir, cond: str, generator: str, domain) -> None:
     """K recipes per task from the executor's model; one unit per task, so a resumed run never resamples.
-
-    With cfg.redraws > 0, recipes that do not parse are redrawn (up to that many extra rounds), as the
-    paper's code redraws until the JSON decodes; the unit records how many were discarded."""
-    per_chunk = max(1, cfg.generation.batch_size // max(cfg.k, 1))
-    # Fixed chunks of the full task list with a seed per chunk: a resumed run samples what it would have.
-    for c in range(0, len(tasks), per_chunk):
-        chunk = tasks[c:c + per_chunk]
-        if all(run.done(f"gen/{cond}/{t.task_id}") for t in chunk):
-            continue
-        texts, secs, n_tok = ex.sample_self_edits(chunk, cfg.k, cfg.generation, seed=cfg.seed + c)
-        discarded = [0] * len(chunk)
-        for r in range(1, cfg.redraws + 1):
-            redo = [i for i, tx in enumerate(texts) if any(parse_recipe(x)[0] is None for x in tx)]
-            if not redo:
-                break
-            more, s2, n2 = ex.sample_self_edits([chunk[i] for i in redo], cfg.k, cfg.generation,
-                                                seed=cfg.seed + c + 1_000_003 * r)
-            secs, n_tok = secs + s2, n_tok + n2
-            for i, new in zip(redo, more):
-                fresh = [x for x in new if parse_recipe(x)[0] is not None]
-                kept = []
-                for x in texts[i]:
-                    if parse_recipe(x)[0] is None and fresh:
-                        kept.append(fresh.pop(0))
-                        discarded[i] += 1
-                    else:
-                        kept.append(x)
-                texts[i] = kept
-        for t, tx, d in zip(chunk, texts, discarded):
-            run.record(f"gen/{cond}/{t.task_id}", {"task_id": t.task_id, "generator": generator, "self_edits": tx,
-                                                  "discarded": d, "generate_s": secs / len(chunk),
-                                                  "generate_tokens": n_tok // len(chunk)})
+    With cfg.redraws > 0, invalid recipes are redrawn (bounded; the paper's code redraws until the JSON
+    decodes); the unit records how many were discarded."""
+    sample_self_edit_units(ex, tasks, lambda t: t.task_id, cfg.k, cfg.generation, run, f"gen/{cond}", seed=cfg.seed,
+                           domain=domain, redraws=cfg.redraws, fields={"generator": generator})
 
 
 def build_jobs(cfg: ArcEvalConfig, tasks: list[ArcTask], run: RunDir, cond: str) -> list[tuple[Job, dict]]:
@@ -261,7 +234,7 @@ def run_arc_eval(cfg: ArcEvalConfig, title: str = "Few-shot ARC (pass@2 success 
         for model in dict.fromkeys(models):
             for cond in (c for c in cfg.conditions if c in SAMPLED and gen_model[c] == model):
                 if any(not run.done(f"gen/{cond}/{t.task_id}") for t in tasks):
-                    _sample(executors.get(model), cfg, tasks, run, cond, model)
+                    _sample(executors.get(model), cfg, tasks, run, cond, model, domain)
             jobs = []
             for cond in (c for c in cfg.conditions if learner[c] == model):
                 if cond in SAMPLED and any(not run.done(f"gen/{cond}/{t.task_id}") for t in tasks):
@@ -302,7 +275,8 @@ def run_arc_train(cfg: ArcTrainConfig) -> list[RoundSummary]:
     domain = make_domain(cfg, tokenizer.eos_token or "")
     rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.tasks_per_round, k=cfg.k, seeds=cfg.seeds,
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
-                        sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
+                        sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner,
+                        redraws=cfg.redraws)
     kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors,
           "ray_gpus_per_actor": cfg.ray_gpus_per_actor} if cfg.executor == "ray" else {}
     summaries = run_rest_em(rcfg, tasks, domain.context_id, domain, cfg.model, run, cfg.lora, cfg.train,

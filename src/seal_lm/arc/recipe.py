@@ -33,8 +33,10 @@ __all__ = [
     "Strategy",
     "check_compute",
     "parse_recipe",
+    "recipe_choices",
     "recipe_from_dict",
     "recipe_prompt",
+    "recipe_text",
 ]
 
 Strategy = Literal["train_using_all_tokens", "train_using_output_tokens"]
@@ -174,6 +176,26 @@ ORACLE_GRID: list[Recipe] = [
 
 _EXAMPLE = Recipe(True, False, True, False, "train_using_output_tokens", 1e-4, 2)
 
+CHOICE_LEARNING_RATES: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+CHOICE_EPOCHS: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """A recipe in the layout the prompt shows (indented JSON); ``parse_recipe`` reads it back."""
+    return json.dumps(recipe.to_dict(), indent=1)
+
+
+def recipe_choices(learning_rates: Sequence[float] = CHOICE_LEARNING_RATES,
+                   epochs: Sequence[int] = CHOICE_EPOCHS) -> list[str]:
+    """Every recipe of the grid (16 family subsets x 2 strategies x lrs x epochs) as text, for sampling
+    constrained to valid recipes: a small model rarely writes the free-form JSON correctly, so each field
+    is instead chosen by the model's own token probabilities among the valid values."""
+    out = []
+    for fams in itertools.product((True, False), repeat=len(AUG_KEYS)):
+        for strategy, lr, ep in itertools.product(STRATEGIES, learning_rates, epochs):
+            out.append(recipe_text(Recipe(*fams, strategy, float(lr), int(ep))))
+    return out
+
 
 def _show_examples(examples: Sequence[ArcExample]) -> str:
     parts = []
@@ -207,5 +229,5 @@ def recipe_prompt(task: ArcTask, max_examples: int | None = None) -> str:
         f"- num_train_epochs: an integer from 1 to {MAX_EPOCHS}\n\n"
         "Pick augmentations that keep the rule valid (e.g. no rotations if the rule depends on "
         "direction). Answer with a single JSON object in exactly this format and nothing else:\n"
-        f"{json.dumps(_EXAMPLE.to_dict(), indent=1)}\n"
+        f"{recipe_text(_EXAMPLE)}\n"
     )

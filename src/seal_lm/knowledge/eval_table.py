@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import config_hash, to_dict
 from ..executors import make_executor, run_jobs
-from ..inner_loop import EvaluatorSpec, Job, JobResult
+from ..inner_loop import EvaluatorSpec, Job, JobResult, sample_self_edit_units
 from ..runs import RunDir
 from ..stats import bootstrap_ci
 from .data import Passage, load_passages
@@ -93,21 +93,8 @@ def sample_with_generator(generator: str, passages: list[Passage], cfg: Knowledg
         spec = EvaluatorSpec(model=generator, domain=domain, lora=cfg.lora, train=cfg.train, n_slots=1,
                              device=cfg.device, dtype=cfg.dtype)
         executor = make_executor(spec, "local", progress=cfg.progress)
-    # Chunks of whole passages with a seed per chunk: the same chunking gives the same samples.
-    per_chunk = max(1, cfg.generation.batch_size // max(cfg.k, 1))
-    # Chunks and seeds follow positions in the full passage list, so a resumed or extended run
-    # samples exactly what an uninterrupted one would.
-    for c in range(0, len(passages), per_chunk):
-        chunk = passages[c:c + per_chunk]
-        if all(run.done(f"gen/{tag}/{p.passage_id}") for p in chunk):
-            continue
-        texts, secs, n_tok = executor.sample_self_edits(chunk, cfg.k, cfg.generation, seed=cfg.seed + c)
-        for p, t in zip(chunk, texts):
-            if run.done(f"gen/{tag}/{p.passage_id}"):
-                continue
-            run.record(f"gen/{tag}/{p.passage_id}", {"passage_id": p.passage_id, "generator": generator,
-                                                     "self_edits": t, "generate_s": secs / len(chunk),
-                                                     "generate_tokens": n_tok // len(chunk)})
+    sample_self_edit_units(executor, passages, lambda p: p.passage_id, cfg.k, cfg.generation, run, f"gen/{tag}",
+                           seed=cfg.seed, fields={"generator": generator})
     if own_executor:
         del executor
 
