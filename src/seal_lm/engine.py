@@ -84,6 +84,8 @@ class Engine:
         self.lora.reset()
         self.n_slots = n_slots
         self.base_slot = n_slots
+        bos = self.tokenizer.bos_token_id
+        self._adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +96,12 @@ class Engine:
         """Token ids and labels (-100 on prompt tokens) of one training example."""
         p_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         c_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        first = p_ids or c_ids
+        if self._adds_bos and first and first[0] != bos:
+            # Models whose tokenizer adds BOS (Llama, Gemma) saw it first in every pretraining sequence;
+            # a chat-template prompt already has it, a raw training line does not.
+            p_ids = [bos] + p_ids
         ids = (p_ids + c_ids)[:max_len]
         labels = ([-100] * len(p_ids) + c_ids)[:max_len]
         return ids, labels
@@ -211,6 +219,9 @@ class Engine:
         mask = shift_labels != -100
         h = hidden[:, :-1][mask]
         logits = self.model.get_output_embeddings()(h).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:  # e.g. Gemma-2: the model's own forward caps logits before the loss; so must we
+            logits = torch.tanh(logits / cap) * cap
         tok_loss = F.cross_entropy(logits, shift_labels[mask], reduction="none")
         row_of_tok = index.view(-1, 1).expand_as(shift_labels)[mask]
         return torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)

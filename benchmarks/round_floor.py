@@ -1,0 +1,131 @@
+"""Wall time of finished ReST-EM rounds (`seal knowledge train`) against their compute floor.
+
+Reads a run directory (config.yaml, units.jsonl, round-<i>/summary.json, sft.jsonl), rebuilds every
+training sequence the round trained on (the recorded self-edits through the same domain code), and
+prints per round:
+
+    floor = (inner-loop training FLOPs + generator-SFT FLOPs) / measured matmul peak
+          + (self-edit tokens + answer tokens) / measured raw decode rate
+
+with the FLOP accounting of benchmarks/inner_loop.py (useful FLOPs only: no padding, frozen base).
+The last line is `round/floor: N.Nx` for the slowest round. Run it on an idle machine: the peak and the
+decode rate are measured here, not taken from the run.
+
+    python benchmarks/round_floor.py runs/rl2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from inner_loop import lora_in_out_sum, measure_decode_rate, measure_peak, model_dims, train_flops  # noqa: E402
+
+from seal_lm.config import from_dict  # noqa: E402
+from seal_lm.engine import Engine  # noqa: E402
+from seal_lm.knowledge.data import load_passages  # noqa: E402
+from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
+from seal_lm.knowledge.prompts import answer_prompt  # noqa: E402
+from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
+from seal_lm.models import load_model  # noqa: E402
+
+
+def sft_flops(rows: list[tuple[int, int]], dims: dict, r: int, lora_io: int, epochs: int) -> float:
+    """Generator SFT: (prompt tokens, completion tokens) per row; the LM head runs on completion positions only."""
+    f = 0.0
+    for p, c in rows:
+        s = p + c
+        f += 4.0 * dims["n_nonemb"] * s + 6.0 * r * lora_io * s + 12.0 * dims["layers"] * dims["attn_dim"] * s * (s + 1) / 2
+        f += 4.0 * dims["hidden"] * dims["vocab"] * c
+    return f * epochs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a `seal knowledge train` run directory")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    units = {}
+    for line in (run / "units.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            units[rec["unit"]] = rec
+        except (json.JSONDecodeError, KeyError):
+            continue
+    passages = {p.passage_id: p for p in load_passages(cfg.data)}
+    domain = KnowledgeDomain.from_config(cfg, run)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    tok = loaded.tokenizer
+    dims = model_dims(loaded.model)
+    lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
+    dev = loaded.device
+    print(f"load average {os.getloadavg()}; measuring matmul peak and decode rates ...", flush=True)
+    peak = measure_peak(dev, next(loaded.model.parameters()).dtype)["flops_per_s"]
+    engine = Engine(loaded, n_slots=1, lora=cfg.lora)
+    rows = []
+    worst = 0.0
+    for rdir in sorted(run.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+        rnd = int(rdir.name.split("-")[1])
+        if not (rdir / "summary.json").exists():
+            continue
+        summary = json.loads((rdir / "summary.json").read_text())
+        inner, se_tokens, ans_tokens, n_evals, se_prompt = 0.0, 0, 0, 0, []
+        for key, rec in units.items():
+            if not key.startswith(f"r{rnd}/"):
+                continue
+            parts = key.split("/")
+            if parts[1] == "gen":
+                p = passages[parts[2]]
+                se_tokens += sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in rec["self_edits"])
+                se_prompt.append(len(tok(domain.self_edit_prompt(tok, p), add_special_tokens=False)["input_ids"]))
+            elif parts[1] == "eval":
+                p = passages[parts[2]]
+                for a in rec.get("details", {}).get("answers", []):
+                    ans_tokens += len(tok(a if isinstance(a, str) else str(a.get("prediction", "")),
+                                          add_special_tokens=False)["input_ids"]) + 1
+                if parts[3] == "base" or not rec.get("valid", True):
+                    continue
+                text = units[f"r{rnd}/gen/{parts[2]}"]["self_edits"][int(parts[3])]
+                plan = domain.training_plan(p, text, int(parts[4][1:]))
+                lens = [len(engine.encode_example(a, b, cfg.train.max_seq_len)[0]) for a, b in plan.examples]
+                inner += train_flops(lens, dims, cfg.lora.r, lora_io, plan.epochs or cfg.train.epochs)
+                n_evals += 1
+        sft = []
+        if (rdir / "sft.jsonl").exists():
+            for line in (rdir / "sft.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                sft.append((len(tok(r["prompt"], add_special_tokens=False)["input_ids"]),
+                            len(tok(r["completion"], add_special_tokens=False)["input_ids"]) + 1))
+        sft_f = sft_flops(sft, dims, cfg.sft_lora.r, lora_in_out_sum(loaded.model, set(cfg.sft_lora.target_modules)),
+                          cfg.sft.epochs)
+        ctx = int(sum(se_prompt) / max(len(se_prompt), 1) + cfg.generation.max_new_tokens / 2)
+        rate_se = measure_decode_rate(loaded.model, min(cfg.generation.batch_size, 16), ctx, dev)
+        q_prompt = int(sum(len(tok(answer_prompt(tok, q.question), add_special_tokens=False)["input_ids"])
+                           for p in passages.values() for q in p.questions[:2]) / (2 * len(passages)) + 16)
+        rate_ans = measure_decode_rate(loaded.model, 32, q_prompt, dev)
+        floor = (inner + sft_f) / peak + se_tokens / rate_se + ans_tokens / rate_ans
+        wall = summary["seconds"]
+        worst = max(worst, wall / floor)
+        rows.append((rnd, n_evals, wall, floor, inner / peak, sft_f / peak, se_tokens / rate_se, ans_tokens / rate_ans))
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+    print("| round | evaluations | wall s | floor s | floor: inner train | SFT | self-edit decode | answer decode | wall/floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rnd, n, wall, floor, a, b, c, d in rows:
+        print(f"| {rnd} | {n} | {wall:.0f} | {floor:.0f} | {a:.0f} | {b:.0f} | {c:.0f} | {d:.0f} | {wall / floor:.2f}x |")
+    print(f"round/floor: {worst:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
