@@ -49,6 +49,9 @@ class GenerationConfig:
     top_p: float = 0.95
     batch_size: int = 16
     """Prompts decoded together (rows of one generate call)."""
+    backend: str = "hf"
+    """Self-edit sampling backend: hf (this engine) or vllm (GPU, `pip install vllm`; see vllm_sampler.py).
+    Decoding with trained adapters (answers) always uses this engine."""
 
 
 @dataclass

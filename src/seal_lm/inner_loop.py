@@ -97,15 +97,25 @@ class SelfEditEvaluator:
         self.engine = Engine(load_model(spec.model, device=spec.device, dtype=spec.dtype), spec.n_slots, spec.lora)
         self.progress = progress
         choices = getattr(self.domain, "self_edit_choices", None)
-        choices = choices() if callable(choices) else None
-        self.constraint = self.engine.constraint(choices) if choices else None
+        self.choices = choices() if callable(choices) else None
+        self.constraint = self.engine.constraint(self.choices) if self.choices else None
+        self._vllm = None
 
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int) -> tuple[list[list[str]], float, int]:
         """k sampled self-edits per context in batched generation. Returns (texts, seconds, tokens)."""
         prompts = [self.domain.self_edit_prompt(self.engine.tokenizer, c) for c in contexts for _ in range(k)]
         t0 = time.perf_counter()
-        texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits",
-                                            constraint=self.constraint)
+        if cfg.backend == "vllm":
+            if self._vllm is None:
+                from .vllm_sampler import VLLMSampler
+
+                self._vllm = VLLMSampler(self.spec.model, self.spec.dtype)
+            texts, n_tok = self._vllm.generate(prompts, cfg, seed, choices=self.choices)
+        elif cfg.backend == "hf":
+            texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits",
+                                                constraint=self.constraint)
+        else:
+            raise ValueError(f"generation.backend must be hf or vllm, got {cfg.backend!r}")
         secs = time.perf_counter() - t0
         return [texts[i * k:(i + 1) * k] for i in range(len(contexts))], secs, n_tok
 
