@@ -36,3 +36,12 @@ def test_continual_metrics_against_hand_computed_matrix():
     assert m["backward_transfer"] == pytest.approx(-0.3)
     # forgetting: passage 0: max(0.6, 0.4) - 0.2 = 0.4; passage 1: max(0.8) - 0.6 = 0.2 -> 0.3
     assert m["forgetting"] == pytest.approx(0.3)
+
+
+def test_reward_spread():
+    from seal_lm.outer_loop import reward_spread
+
+    rewards = {"a": [(0, 0.2), (1, 0.4)], "b": [(0, 0.0), (1, None), (2, 0.0)], "c": [(0, None)]}
+    out = reward_spread(rewards, {"a": 0.3, "b": 0.0, "c": 0.1})
+    assert out["contexts_best_beats_baseline"] == 1  # only a's best (0.4) beats its baseline
+    assert abs(out["within_context_std"] - (0.1 + 0.0) / 2) < 1e-9

@@ -82,9 +82,25 @@ class RoundSummary:
     mean_selected_reward: float
     sft_examples: int
     seconds: float
+    within_context_std: float = 0.0
+    """Mean over contexts of the std of the K self-edits' rewards: the signal selection can exploit."""
+    contexts_best_beats_baseline: int = 0
+    """Contexts whose best self-edit scored above their no-update baseline."""
 
     def to_dict(self):
         return dict(self.__dict__)
+
+
+def reward_spread(rewards: dict[str, list[tuple[int, float | None]]], baselines: dict[str, float | None]) -> dict:
+    """How much selection has to work with: reward spread within contexts and how often the best helps."""
+    stds, beats = [], 0
+    for cid, rs in rewards.items():
+        vals = [r for _, r in rs if r is not None]
+        if len(vals) > 1:
+            stds.append(float(np.std(vals)))
+        if vals and baselines.get(cid) is not None and max(vals) > baselines[cid]:
+            beats += 1
+    return {"within_context_std": float(np.mean(stds)) if stds else 0.0, "contexts_best_beats_baseline": beats}
 
 
 def select(rewards: dict[str, list[tuple[int, float | None]]], baselines: dict[str, float | None],
@@ -170,7 +186,13 @@ def run_rest_em(
         summary_path = rdir / "summary.json"
         if ckpt.exists() and (ckpt / "config.json").exists() and summary_path.exists():
             print(f"round {rnd}: already finished, skipping")
-            summaries.append(RoundSummary(**json.loads(summary_path.read_text())))
+            summary = RoundSummary(**json.loads(summary_path.read_text()))
+            if (rdir / "rewards.json").exists():  # summaries written before these fields existed
+                rw = json.loads((rdir / "rewards.json").read_text())
+                for k, v in reward_spread({c: [tuple(x) for x in rs] for c, rs in rw["rewards"].items()},
+                                          rw["baselines"]).items():
+                    setattr(summary, k, v)
+            summaries.append(summary)
             generator = str(ckpt)
             continue
 
@@ -244,7 +266,7 @@ def run_rest_em(
             mean_baseline=float(np.mean([b for b in baselines.values() if b is not None])) if baselines else 0.0,
             mean_reward=float(np.mean(all_r)) if all_r else 0.0,
             mean_selected_reward=float(np.mean([r["reward"] for r in sft_rows])) if sft_rows else 0.0,
-            sft_examples=len(sft_rows), seconds=time.perf_counter() - t0,
+            sft_examples=len(sft_rows), seconds=time.perf_counter() - t0, **reward_spread(rewards, baselines),
         )
         (rdir / "sft_info.json").write_text(json.dumps(sft_info))
         summary_path.write_text(json.dumps(summary.to_dict(), indent=2))

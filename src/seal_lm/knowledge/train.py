@@ -74,11 +74,14 @@ def run_train(cfg: KnowledgeTrainConfig):
     summaries = run_rest_em(rcfg, passages, lambda p: p.passage_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                             executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
-    print("\n| round | baseline | mean reward | selected reward | SFT examples | invalid | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| round | baseline | mean reward | selected reward | reward std within passage | best > baseline "
+             "| SFT examples | invalid | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        print(f"| {s.round} | {s.mean_baseline:.3f} | {s.mean_reward:.3f} | {s.mean_selected_reward:.3f} | "
-              f"{s.sft_examples} | {s.invalid} | {s.seconds:.0f} |")
+        lines.append(f"| {s.round} | {s.mean_baseline:.3f} | {s.mean_reward:.3f} | {s.mean_selected_reward:.3f} | "
+                     f"{s.within_context_std:.3f} | {s.contexts_best_beats_baseline}/{s.contexts} | {s.sft_examples} | "
+                     f"{s.invalid} | {s.seconds:.0f} |")
+    run.write_text("rounds.md", "\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
     print("\ngenerators: " + ", ".join(str(out / f'round-{s.round}' / 'generator') for s in summaries))
     print(f"reward plot: {out / 'rewards.png'}")
     return summaries
