@@ -139,3 +139,28 @@ def test_rest_em_two_rounds_and_resume(tmp_path):
     assert summaries[1].generator.endswith("round-1/generator")
     again = run_train(cfg)  # everything finished: resumes to the same summaries without work
     assert [s.to_dict() for s in again] == [s.to_dict() for s in summaries]
+
+
+@pytest.mark.parametrize("generator_learns", [True, False])
+def test_seal_rows_update_the_generator_itself_by_default(tmp_path, monkeypatch, tiny, generator_learns):
+    from seal_lm.inner_loop import SelfEditEvaluator
+    from seal_lm.knowledge import eval_table
+
+    gen = tmp_path / "rl" / "round-1" / "generator"
+    tiny.model.save_pretrained(gen)
+    tiny.tokenizer.save_pretrained(gen)
+    ran: dict[str, set] = {}
+    real_run = SelfEditEvaluator.run
+
+    def spy(self, jobs):
+        for j in jobs:
+            ran.setdefault(j.key.split("/")[1], set()).add(self.spec.model)
+        return real_run(self, jobs)
+
+    monkeypatch.setattr(SelfEditEvaluator, "run", spy)
+    cfg = _cfg(tmp_path, k=1, conditions=["base", "passage"], generators=[str(tmp_path / "rl" / "round-1")],
+               generator_learns=generator_learns)
+    table = eval_table.run_eval(cfg)
+    assert [r["condition"] for r in table["rows"]][:3] == ["base", "passage", "SEAL round 1"]
+    assert ran["base"] == ran["passage"] == {"tiny-random"}
+    assert ran["SEAL round 1"] == ({str(gen)} if generator_learns else {"tiny-random"})

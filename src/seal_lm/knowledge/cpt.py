@@ -15,13 +15,13 @@ from typing import Sequence
 
 from ..config import to_dict
 from ..engine import Engine, TrainPlan
-from ..executors import make_executor, run_jobs
+from ..executors import make_executor
 from ..inner_loop import EvaluatorSpec, Job
 from ..runs import RunDir
 from .data import Passage, Question
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
-from .eval_table import ADDITIVE, default_out, generator_names, sample_with_generator, select_passages
+from .eval_table import ADDITIVE, default_out, generator_names, run_by_learner, sample_with_generator, select_passages
 
 
 @dataclass
@@ -92,10 +92,10 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
         jobs.append(Job("cpt/passage", corpus, None, cfg.seed))
     for name, edits in sources.items():
         jobs.append(Job(f"cpt/{name}", corpus, json.dumps(edits), cfg.seed))
-    run_jobs(ex, [j for j in jobs if not run.done(j.key)],
-             on_result=lambda r: run.record(r.key, r.to_dict()) if r.complete else None,
-             progress=cfg.progress, desc="CPT conditions")
-    ex.close()
+    learner_of = {name: g for name, g in generator_names(cfg.generators).items()} if cfg.generator_learns else {}
+    run_by_learner(cfg, [j for j in jobs if not run.done(j.key)], learner_of, ex,
+                   lambda r: run.record(r.key, r.to_dict()) if r.complete else None, CorpusDomain(domain),
+                   desc="CPT conditions")
 
     n_q = sum(len(p.questions) for p in passages)
     rows = []

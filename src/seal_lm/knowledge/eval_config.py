@@ -34,6 +34,9 @@ class KnowledgeEvalConfig:
     """External completions used per passage (default: k)."""
     generators: list[str] = field(default_factory=list)
     """Extra self-edit generators (e.g. a SEAL round checkpoint); each adds a table row."""
+    generator_learns: bool = True
+    """Generator rows: the generator checkpoint is also the model updated and answering (the paper: its
+    TTT server loads the RL checkpoint); false updates --model with the generator's self-edits instead."""
     conditions: list[str] = field(default_factory=lambda: ["base", "passage", "own", "external"])
     """Rows to compute: base, passage, own, external (external needs --external), generator."""
     model: str = EMBEDDED

@@ -99,6 +99,34 @@ def sample_with_generator(generator: str, passages: list[Passage], cfg: Knowledg
         del executor
 
 
+def learners(cfg: KnowledgeEvalConfig, sources: dict) -> dict[str, str]:
+    """Condition -> the model that is updated and answers: --model, except generator rows when
+    cfg.generator_learns (then the generator itself, as in the paper)."""
+    gens = generator_names(cfg.generators)
+    return {c: (gens[c] if cfg.generator_learns and c in gens else cfg.model) for c in ["base", "passage", *sources]}
+
+
+def run_by_learner(cfg: KnowledgeEvalConfig, jobs: list[Job], learner_of: dict[str, str], executor, on_result,
+                   domain, desc: str = "self-edit evaluations") -> None:
+    """Run jobs on `executor` (holding cfg.model), and the jobs of other learners on one executor each.
+    A job's condition is the second part of its key (eval/<condition>/... or cpt/<condition>)."""
+    by_model: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_model.setdefault(learner_of.get(j.key.split("/")[1], cfg.model), []).append(j)
+    try:
+        run_jobs(executor, by_model.pop(cfg.model, []), on_result=on_result, progress=cfg.progress, desc=desc)
+    finally:
+        executor.close()
+    for model, js in by_model.items():
+        spec = EvaluatorSpec(model=model, domain=domain, lora=cfg.lora, train=cfg.train,
+                             n_slots=cfg.slots, device=cfg.device, dtype=cfg.dtype)
+        ex = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress)
+        try:
+            run_jobs(ex, js, on_result=on_result, progress=cfg.progress, desc=f"{desc} (learner {model})")
+        finally:
+            ex.close()
+
+
 def build_jobs(cfg: KnowledgeEvalConfig, passages: list[Passage], run: RunDir, sources: dict[str, str]) -> list[Job]:
     """All evaluation jobs of the table. sources: condition name -> generation tag ('' = external)."""
     jobs: list[Job] = []
@@ -233,8 +261,7 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
         if r.complete:
             run.record(r.key, r.to_dict())
 
-    run_jobs(executor, jobs, on_result=on_result, progress=cfg.progress)
-    executor.close()
+    run_by_learner(cfg, jobs, learners(cfg, sources), executor, on_result, domain)
 
     # ---- save
     rows = [c for c in ("base", "passage") if c in cfg.conditions] + list(sources)
