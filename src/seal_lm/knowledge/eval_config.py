@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import ExecutorOptions, RunOptions
 from ..engine import GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED
@@ -15,7 +16,21 @@ def _self_edit_generation() -> GenerationConfig:
 
 
 @dataclass
-class KnowledgeEvalConfig:
+class AnswerOptions:
+    """How the updated model answers the passage's questions and how the answers are graded."""
+
+    answer_tokens: int = 32
+    """Max new tokens of an answer (greedy)."""
+    judge_url: str | None = None
+    """OpenAI-compatible endpoint for GPT-4.1 grading (key from --judge-key-env); None: local grader."""
+    judge_model: str = "gpt-4.1"
+    """The judge model's name at --judge-url."""
+    judge_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge's API key."""
+
+
+@dataclass
+class KnowledgeEvalConfig(RunOptions, ExecutorOptions, AnswerOptions):
     """`seal knowledge eval`: base / passage / own self-edits / external self-edits / generators."""
 
     data: str = "demo"
@@ -51,24 +66,5 @@ class KnowledgeEvalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=_self_edit_generation)
     """Sampling of self-edits."""
-    answer_tokens: int = 32
-    """Max new tokens of an answer (greedy)."""
     slots: int = 4
     """Adapters trained together in one batched pass."""
-    judge_url: str | None = None
-    """OpenAI-compatible endpoint for GPT-4.1 grading (key from --judge-key-env); None: local grader."""
-    judge_model: str = "gpt-4.1"
-    judge_key_env: str = "OPENAI_API_KEY"
-    device: str | None = None
-    """cpu, cuda, ...; default: cuda when available."""
-    dtype: str | None = None
-    """float32 / bfloat16; default: fp32 on CPU, bf16 on CUDA."""
-    seed: int = 0
-    executor: str = "local"
-    """local, or ray (long-lived actors each holding the model)."""
-    ray_address: str | None = None
-    ray_actors: int = 2
-    ray_gpus_per_actor: float = 0.0
-    out: str | None = None
-    """Run directory; default runs/knowledge-eval-<config hash> (rerun the same command to resume)."""
-    progress: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import config_hash
+from ..config import ExecutorOptions, RunOptions, config_hash
 from ..engine import GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED
@@ -13,10 +13,11 @@ from ..outer_loop import RestEMConfig, _sft_lora, _sft_train, run_rest_em
 from ..runs import RunDir
 from .data import load_passages
 from .domain import KnowledgeDomain
+from .eval_config import AnswerOptions
 
 
 @dataclass
-class KnowledgeTrainConfig:
+class KnowledgeTrainConfig(RunOptions, ExecutorOptions, AnswerOptions):
     """`seal knowledge train`: rounds of sample -> inner-loop reward -> select -> SFT the generator."""
 
     data: str = "demo"
@@ -33,31 +34,25 @@ class KnowledgeTrainConfig:
     min_gain: float | None = None
     """top1 only: keep the best self-edit only if it beats the baseline by this much."""
     model: str = EMBEDDED
+    """The starting generator (and inner-loop learner)."""
     style: str = "implications"
+    """Self-edit prompt style (see `seal knowledge eval --help`)."""
     max_sequences: int = 32
+    """Cap on training sequences taken from one self-edit."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Inner-loop adapters."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Inner-loop training."""
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=256, temperature=1.0, top_p=0.95, batch_size=16))
+    """Sampling of self-edits (paper: temperature 1.0, top-p 0.95)."""
     sft_lora: LoRAConfig = field(default_factory=_sft_lora)
+    """Generator SFT adapter, merged after each round (paper: r=64, alpha=128)."""
     sft: TrainConfig = field(default_factory=_sft_train)
+    """Generator SFT (paper: lr 3e-4, 2 epochs), loss on self-edit tokens only."""
     separate_learner: bool = False
-    answer_tokens: int = 32
+    """Keep the inner-loop learner at --model instead of the current generator."""
     slots: int = 4
-    judge_url: str | None = None
-    judge_model: str = "gpt-4.1"
-    judge_key_env: str = "OPENAI_API_KEY"
-    device: str | None = None
-    dtype: str | None = None
-    seed: int = 0
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_actors: int = 2
-    ray_gpus_per_actor: float = 0.0
-    out: str | None = None
-    """Run directory (default runs/knowledge-train-<hash>); holds round-<i>/ with sft.jsonl, rewards.json, generator/."""
-    progress: bool = True
+    """Adapters trained together in one batched pass."""
 
 
 def run_train(cfg: KnowledgeTrainConfig):
