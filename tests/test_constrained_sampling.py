@@ -120,3 +120,30 @@ def test_rundir_accepts_new_field_at_its_default(tmp_path):
     RunDir(tmp_path / "2", Old())
     with pytest.raises(ValueError, match="different config"):
         RunDir(tmp_path / "2", New(b="y"))  # a non-default value changes what the run means
+
+
+def test_rundir_accepts_new_nested_field_at_its_default(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class InnerOld:
+        x: int = 1
+
+    @dataclass
+    class InnerNew:
+        x: int = 1
+        backend: str = "hf"
+
+    @dataclass
+    class Old:
+        gen: InnerOld = field(default_factory=InnerOld)
+
+    @dataclass
+    class New:
+        gen: InnerNew = field(default_factory=InnerNew)
+
+    RunDir(tmp_path, Old())
+    RunDir(tmp_path, New())
+    RunDir(tmp_path / "2", Old())
+    with pytest.raises(ValueError, match="different config"):
+        RunDir(tmp_path / "2", New(gen=InnerNew(backend="vllm")))

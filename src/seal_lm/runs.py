@@ -32,9 +32,10 @@ class RunDir:
         cfg_path = self.path / "config.yaml"
         if cfg_path.exists() and not allow_config_change:
             old = yaml.safe_load(cfg_path.read_text()) or {}
-            # A field the stored config lacks matches its default: runs made before the field existed resume.
-            diff = sorted(k for k in set(old) | set(cfg) if k not in additive
-                          and _canon(old[k] if k in old else defaults.get(k)) != _canon(cfg.get(k)))
+            # A field the stored config lacks (also inside a nested config) matches its default: runs made
+            # before the field existed resume. New fields must therefore default to the old behaviour.
+            old = _fill(old, defaults)
+            diff = sorted(k for k in set(old) | set(cfg) if k not in additive and _canon(old.get(k)) != _canon(cfg.get(k)))
             if diff:
                 raise ValueError(
                     f"{self.path} holds a run with a different config (fields {diff}); "
@@ -94,6 +95,16 @@ def _defaults(config) -> dict:
         return to_dict(type(config)())
     except Exception:  # a plain dict, or a config class without defaults for every field
         return {}
+
+
+def _fill(stored: dict, defaults: dict) -> dict:
+    out = dict(stored)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _fill(out[k], v)
+    return out
 
 
 def _canon(x):
