@@ -152,3 +152,15 @@ def test_recipe_prompt():
     for key in ("use_basic_augmentations", "use_repeat_augmentations", "train_using_output_tokens", "num_train_epochs"):
         assert key in p
     assert "56" not in recipe_prompt(task, max_examples=1)
+
+
+def test_recipe_prompt_lists_the_allowed_values_when_constrained():
+    from seal_lm.arc.data import load_kaggle
+    from pathlib import Path
+
+    fix = Path(__file__).parent / "fixtures" / "arc"
+    task = load_kaggle(fix / "tiny_challenges.json", fix / "tiny_solutions.json")[0]
+    p = recipe_prompt(task, learning_rates=[1e-4, 1e-3], epochs=[1, 2])
+    assert "one of 0.0001, 0.001" in p and "num_train_epochs: one of 1, 2" in p
+    free = recipe_prompt(task)
+    assert "e.g. 0.0001" in free and "from 1 to" in free

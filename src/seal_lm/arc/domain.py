@@ -92,7 +92,10 @@ class ArcDomain:
         return recipe_choices(self.recipe_learning_rates, self.recipe_epochs)
 
     def self_edit_prompt(self, tokenizer, context: ArcTask) -> str:
-        return chat_prompt(tokenizer, recipe_prompt(context, self.prompt_demos))
+        constrained = self.recipe_format == "constrained"
+        return chat_prompt(tokenizer, recipe_prompt(context, self.prompt_demos,
+                                                    self.recipe_learning_rates if constrained else None,
+                                                    self.recipe_epochs if constrained else None))
 
     def training_plan(self, context: ArcTask, self_edit: str | None, seed: int) -> TrainPlan | str:
         if self_edit is None:

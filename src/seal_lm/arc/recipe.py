@@ -206,11 +206,17 @@ def _show_examples(examples: Sequence[ArcExample]) -> str:
     return "".join(parts)
 
 
-def recipe_prompt(task: ArcTask, max_examples: int | None = None) -> str:
+def recipe_prompt(task: ArcTask, max_examples: int | None = None, learning_rates: Sequence[float] | None = None,
+                  epochs: Sequence[int] | None = None) -> str:
     """The self-edit prompt: the demonstrations plus the recipe schema, asking for JSON only.
 
-    ``max_examples`` limits how many demonstrations are shown (all by default).
+    ``max_examples`` limits how many demonstrations are shown (all by default). ``learning_rates`` /
+    ``epochs`` list the allowed values (constrained sampling); otherwise any value in range is asked for.
     """
+    lr_line = (f"- learning_rate: one of {', '.join(json.dumps(float(x)) for x in learning_rates)}\n"
+               if learning_rates else "- learning_rate: a number in (0, 1], e.g. 0.0001\n")
+    ep_line = (f"- num_train_epochs: one of {', '.join(str(int(e)) for e in epochs)}\n\n"
+               if epochs else f"- num_train_epochs: an integer from 1 to {MAX_EPOCHS}\n\n")
     shown = task.train if max_examples is None else task.train[:max_examples]
     return (
         "You are configuring test-time training for a model that solves a visual puzzle. "
@@ -225,8 +231,7 @@ def recipe_prompt(task: ArcTask, max_examples: int | None = None) -> str:
         "- use_repeat_augmentations: every grid tiled twice vertically, horizontally or 2x2\n"
         "- strategy: \"train_using_all_tokens\" (loss on the whole sequence) or "
         "\"train_using_output_tokens\" (loss on the answer grid only)\n"
-        "- learning_rate: a number in (0, 1], e.g. 0.0001\n"
-        f"- num_train_epochs: an integer from 1 to {MAX_EPOCHS}\n\n"
+        f"{lr_line}{ep_line}"
         "Pick augmentations that keep the rule valid (e.g. no rotations if the rule depends on "
         "direction). Answer with a single JSON object in exactly this format and nothing else:\n"
         f"{recipe_text(_EXAMPLE)}\n"
