@@ -1,9 +1,8 @@
 """Integration tests on the real embedded SmolLM2-135M-Instruct (select with -m integration)."""
 
 import pytest
-import torch
 
-from seal_lm.engine import Engine, GenerationConfig, TrainConfig, TrainPlan
+from seal_lm.engine import Engine, GenerationConfig, TrainConfig
 from seal_lm.knowledge.data import load_passages
 from seal_lm.knowledge.domain import KnowledgeDomain
 from seal_lm.lora import LoRAConfig
@@ -53,3 +52,22 @@ def test_seal_cli_grade_check_and_help(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "agreement: 1.000"
     assert main(["knowledge", "eval", "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_embedded_model_writes_valid_arc_recipes_when_constrained(embedded):
+    """Free-form, the 135M model almost never writes a parseable recipe; constrained, every sample is one."""
+    from pathlib import Path
+
+    from seal_lm.arc.data import load_kaggle
+    from seal_lm.arc.domain import ArcDomain
+    from seal_lm.arc.recipe import parse_recipe
+
+    fix = Path(__file__).parent / "fixtures" / "arc"
+    task = load_kaggle(fix / "tiny_challenges.json", fix / "tiny_solutions.json")[0]
+    domain = ArcDomain(recipe_learning_rates=(1e-4, 1e-3), recipe_epochs=(1, 2))
+    engine = Engine(embedded, n_slots=1, lora=LoRAConfig(r=4, alpha=8))
+    prompt = domain.self_edit_prompt(engine.tokenizer, task)
+    cfg = GenerationConfig(max_new_tokens=120, temperature=0.8, top_p=1.0, batch_size=3)
+    texts, _ = engine.generate([prompt] * 3, cfg, seed=0, constraint=engine.constraint(domain.self_edit_choices()))
+    recipes = [parse_recipe(t)[0] for t in texts]
+    assert all(r is not None and r.learning_rate in (1e-4, 1e-3) and r.num_train_epochs in (1, 2) for r in recipes)
