@@ -185,8 +185,9 @@ def sample_self_edit_units(executor, contexts: Sequence[Any], context_id, k: int
 
     Contexts go in chunks of whole contexts (cfg.batch_size // k per generate call) with the seed
     `seed + chunk position`, so a resumed or extended run samples exactly what an uninterrupted one would.
-    With redraws > 0 (and `domain` given), invalid self-edits (see self_edit_is_valid) are redrawn up to that many extra times
-    — bounded, unlike a redraw-until-it-parses loop; the unit records how many were replaced ("discarded")."""
+    With redraws > 0 (and `domain` given), invalid self-edits (see self_edit_is_valid) are redrawn up to
+    that many extra times — bounded, unlike a redraw-until-it-parses loop; the unit records how many were
+    replaced ("discarded")."""
     per_chunk = max(1, cfg.batch_size // max(k, 1))
     for c0 in range(0, len(contexts), per_chunk):
         chunk = list(contexts[c0:c0 + per_chunk])
