@@ -109,6 +109,10 @@ def test_cpt_and_continual(tmp_path):
                          external=str(FIX / "tiny_squad.json"), out=str(tmp_path / "cpt")))
     assert [r["condition"] for r in table["rows"]] == ["base", "passage", "own", "external"]
     assert all(r["questions"] == 4 for r in table["rows"])
+    for r in table["rows"]:  # per-passage CI: 2 passages with 2 questions each -> the question mean
+        assert r["ci_low"] <= r["passage_mean"] <= r["ci_high"]
+        assert abs(r["passage_mean"] - r["accuracy"]) < 1e-9
+    assert "95% CI" in (tmp_path / "cpt" / "table.md").read_text()
 
     for mode in ("merge", "stack"):
         res = run_continual(ContinualConfig(

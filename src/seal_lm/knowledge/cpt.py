@@ -18,6 +18,7 @@ from ..engine import Engine, TrainPlan
 from ..executors import make_executor
 from ..inner_loop import EvaluatorSpec, Job
 from ..runs import RunDir
+from ..stats import bootstrap_ci
 from .data import Passage, Question
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
@@ -102,16 +103,31 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
     for j in jobs:
         rec = run.get(j.key)
         answers = rec["details"].get("answers", [])
+        # Answers come in passage order: per-passage accuracy gives a bootstrap CI over passages, as in the
+        # single-passage table (questions of one passage are not independent).
+        per_passage, i = [], 0
+        for p in passages:
+            judged = [a["correct"] for a in answers[i:i + len(p.questions)] if a["correct"] is not None]
+            i += len(p.questions)
+            if judged:
+                per_passage.append(sum(judged) / len(judged))
+        ci = bootstrap_ci(per_passage, seed=cfg.seed)
         rows.append({"condition": j.key.split("/", 1)[1], "accuracy": rec["score"], "questions": n_q,
                      "passages": len(passages), "train_s": rec["train_s"], "train_tokens": rec["train_tokens"],
-                     "correct": sum(1 for a in answers if a["correct"])})
+                     "correct": sum(1 for a in answers if a["correct"]),
+                     "passage_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high})
     table = {"rows": rows, "config": to_dict(cfg)}
     run.write_json("table.json", table)
     lines = [f"### Continued pretraining: {len(passages)} passages, {n_q} questions, one adapter per condition", "",
-             "| condition | accuracy % | correct | train s | training tokens |", "|---|---|---|---|---|"]
+             "| condition | accuracy % (questions) | per-passage mean % [95% CI] | correct | train s | training tokens |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
-        lines.append(f"| {r['condition']} | {acc} | {r['correct']}/{r['questions']} | {r['train_s']:.0f} | {r['train_tokens']} |")
+        ci = "n/a" if r["passage_mean"] != r["passage_mean"] else \
+            f"{100 * r['passage_mean']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+        lines.append(f"| {r['condition']} | {acc} | {ci} | {r['correct']}/{r['questions']} | {r['train_s']:.0f} | "
+                     f"{r['train_tokens']} |")
+    lines += ["", "Conditions trained in one batched pass share its wall time and token count equally."]
     md = "\n".join(lines) + "\n"
     run.write_text("table.md", md)
     print(md)
