@@ -291,6 +291,7 @@ class Engine:
                 out[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
         return out, n_tokens
 
+
 class TokenTrie:
     """Constrained decoding to a finite set of strings (e.g. every recipe of a grammar).
 
@@ -306,7 +307,6 @@ class TokenTrie:
             raise ValueError("TokenTrie needs at least one string")
         self.end_ids = sorted(set(end_ids))
         self.root: dict = {}
-        self.n_strings = len(set(strings))
         for ids in tokenizer(list(strings), add_special_tokens=False)["input_ids"]:
             node = self.root
             for t in ids:

@@ -110,7 +110,7 @@ class SelfEditEvaluator:
                 from .vllm_sampler import VLLMSampler
 
                 self._vllm = VLLMSampler(self.spec.model, self.spec.dtype)
-            texts, n_tok = self._vllm.generate(prompts, cfg, seed, choices=self.choices)
+            texts, n_tok = self._vllm.generate(prompts, cfg, seed, choices=self.choices, progress=self.progress)
         elif cfg.backend == "hf":
             texts, n_tok = self.engine.generate(prompts, cfg, seed=seed, progress=self.progress, desc="self-edits",
                                                 constraint=self.constraint)
@@ -189,29 +189,28 @@ def sample_self_edit_units(executor, contexts: Sequence[Any], context_id, k: int
     that many extra times — bounded, unlike a redraw-until-it-parses loop; the unit records how many were
     replaced ("discarded")."""
     per_chunk = max(1, cfg.batch_size // max(k, 1))
+    rounds = redraws if domain is not None else 0
     for c0 in range(0, len(contexts), per_chunk):
         chunk = list(contexts[c0:c0 + per_chunk])
         if all(run.done(f"{key_prefix}/{context_id(c)}") for c in chunk):
             continue
         texts, secs, n_tok = executor.sample_self_edits(chunk, k, cfg, seed=seed + c0)
+        texts = [list(tx) for tx in texts]
         discarded = [0] * len(chunk)
-        ok = (lambda c, t: self_edit_is_valid(domain, c, t)) if domain is not None else (lambda c, t: True)
-        for r in range(1, (redraws if domain is not None else 0) + 1):
-            redo = [i for i, tx in enumerate(texts) if not all(ok(chunk[i], x) for x in tx)]
+        # Validity of each kept self-edit, checked once (an ARC check builds the recipe's TTT data).
+        valid = [[self_edit_is_valid(domain, c, x) for x in tx] for c, tx in zip(chunk, texts)] if rounds else []
+        for r in range(1, rounds + 1):
+            redo = [i for i, v in enumerate(valid) if not all(v)]
             if not redo:
                 break
             more, s2, n2 = executor.sample_self_edits([chunk[i] for i in redo], k, cfg, seed=seed + c0 + 1_000_003 * r)
             secs, n_tok = secs + s2, n_tok + n2
             for i, new in zip(redo, more):
-                fresh = [x for x in new if ok(chunk[i], x)]
-                kept = []
-                for x in texts[i]:
-                    if fresh and not ok(chunk[i], x):
-                        kept.append(fresh.pop(0))
+                fresh = [x for x in new if self_edit_is_valid(domain, chunk[i], x)]
+                for j in range(len(texts[i])):
+                    if fresh and not valid[i][j]:
+                        texts[i][j], valid[i][j] = fresh.pop(0), True
                         discarded[i] += 1
-                    else:
-                        kept.append(x)
-                texts[i] = kept
         for c, tx, d in zip(chunk, texts, discarded):
             key = f"{key_prefix}/{context_id(c)}"
             if not run.done(key):

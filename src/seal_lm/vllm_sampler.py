@@ -9,8 +9,6 @@ its converted safetensors directory, so every model name `load_model` accepts wo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .engine import GenerationConfig
 from .models import EMBEDDED, _embedded_dir
 
@@ -21,7 +19,7 @@ def model_path(name: str) -> str:
         return str(_embedded_dir())
     if name == "tiny-random" or name.startswith("random:"):
         raise ValueError(f"{name!r} exists only in memory; vLLM needs weights on disk or a hub id")
-    return str(Path(name)) if Path(name).exists() else name
+    return name  # a local checkpoint directory or a hub id: vLLM reads both
 
 
 class VLLMSampler:
@@ -37,7 +35,7 @@ class VLLMSampler:
                        gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
 
     def generate(self, prompts: list[str], cfg: GenerationConfig, seed: int,
-                 choices: list[str] | None = None) -> tuple[list[str], int]:
+                 choices: list[str] | None = None, progress: bool = False) -> tuple[list[str], int]:
         """Sample one completion per prompt; each prompt gets its own seed (seed, i), so the k copies of a
         context's prompt give k different self-edits and a rerun gives the same ones.
         `choices` restricts every completion to one of these strings (vLLM's guided decoding)."""
@@ -49,7 +47,7 @@ class VLLMSampler:
         if choices:
             base.update(_choice_kwargs(choices))
         params = [SamplingParams(**base, seed=seed * 1_000_003 + i) for i in range(len(prompts))]
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, use_tqdm=progress)
         texts = [o.outputs[0].text for o in outs]
         return texts, sum(len(o.outputs[0].token_ids) for o in outs)
 

@@ -14,6 +14,7 @@ from ..config import ExecutorOptions, RunOptions
 from ..engine import GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED
+from .recipe import CHOICE_EPOCHS, CHOICE_LEARNING_RATES
 
 PAPER_TARGETS = ("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -58,9 +59,9 @@ class ArcTTTOptions:
     recipe_format: str = "constrained"
     """constrained: sample only valid recipes (each field chosen by the model's probabilities among
     recipe_learning_rates x recipe_epochs x families x strategies); free: free-text JSON (the paper)."""
-    recipe_learning_rates: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
+    recipe_learning_rates: list[float] = field(default_factory=lambda: list(CHOICE_LEARNING_RATES))
     """constrained: learning rates a recipe may choose."""
-    recipe_epochs: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    recipe_epochs: list[int] = field(default_factory=lambda: list(CHOICE_EPOCHS))
     """constrained: epoch counts a recipe may choose."""
     lora: LoRAConfig = field(default_factory=arc_lora)
     """TTT adapters (paper: r=128, alpha=16, q/v/gate/up/down; see arc_config.arc_lora)."""

@@ -22,7 +22,8 @@ from ..stats import bootstrap_ci
 from .data import Passage, Question
 from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
-from .eval_table import ADDITIVE, default_out, generator_names, run_by_learner, sample_with_generator, select_passages
+from .eval_table import (ADDITIVE, default_out, generator_names, learners, run_by_learner, sample_with_generator,
+                         select_passages)
 
 
 @dataclass
@@ -93,8 +94,7 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
         jobs.append(Job("cpt/passage", corpus, None, cfg.seed))
     for name, edits in sources.items():
         jobs.append(Job(f"cpt/{name}", corpus, json.dumps(edits), cfg.seed))
-    learner_of = {name: g for name, g in generator_names(cfg.generators).items()} if cfg.generator_learns else {}
-    run_by_learner(cfg, [j for j in jobs if not run.done(j.key)], learner_of, ex,
+    run_by_learner(cfg, [j for j in jobs if not run.done(j.key)], learners(cfg, sources), ex,
                    lambda r: run.record(r.key, r.to_dict()) if r.complete else None, CorpusDomain(domain),
                    desc="CPT conditions")
 

@@ -26,7 +26,6 @@ from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
 
 
-# Fields that only add rows or passages: a finished unit means the same thing with or without them.
 ADDITIVE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor",
             "generators", "conditions", "passages", "slots")
 """Fields that may change between invocations of one run directory: they add rows or passages, or change
