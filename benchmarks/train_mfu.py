@@ -1,0 +1,94 @@
+"""Inner-loop training throughput on a real ReST-EM round's self-edits: wall time vs FLOP floor (MFU).
+
+Reads a `seal knowledge train` run directory, rebuilds the training plans of one round's self-edits
+(the recorded texts through the same domain code), trains them in groups of `slots` adapters exactly as
+the round's evaluator does, and prints per group: wall seconds, steps, real and padded tokens, the FLOP
+floor (benchmarks/inner_loop.py's accounting: useful FLOPs only, at the matmul peak measured here) and
+MFU. The last line is `training MFU: N.N%`. Only training is timed — no sampling, answering or grading.
+
+    python benchmarks/train_mfu.py runs/rl2 --round 1 [--groups 8] [--threads 2]
+
+Run it on an idle machine; to compare code versions, point PYTHONPATH at another checkout's src/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from inner_loop import lora_in_out_sum, measure_peak, model_dims, train_flops  # noqa: E402
+
+from seal_lm.config import from_dict  # noqa: E402
+from seal_lm.engine import Engine  # noqa: E402
+from seal_lm.knowledge.data import load_passages  # noqa: E402
+from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
+from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
+from seal_lm.models import load_model  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a `seal knowledge train` run directory")
+    ap.add_argument("--round", type=int, default=1)
+    ap.add_argument("--groups", type=int, default=None, help="only the first N groups (default: all)")
+    ap.add_argument("--slots", type=int, default=None, help="adapters per group (default: the run's --slots)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    units = []
+    for line in (run / "units.jsonl").read_text().splitlines():
+        try:
+            units.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    gens = [u for u in units if u.get("unit", "").startswith(f"r{args.round}/gen/")]
+    if not gens:
+        raise SystemExit(f"no r{args.round}/gen/* units in {run}/units.jsonl")
+    passages = {p.passage_id: p for p in load_passages(cfg.data)}
+    domain = KnowledgeDomain.from_config(cfg, run)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    plans = []
+    for g in gens:
+        p = passages[g["unit"].split("/")[2]]
+        for i, text in enumerate(g["self_edits"]):
+            plan = domain.training_plan(p, text, i)
+            if not isinstance(plan, str) and plan.examples:
+                plans.append(plan)
+    dims = model_dims(loaded.model)
+    lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
+    print(f"load average {os.getloadavg()}; measuring the matmul peak ...", flush=True)
+    peak = measure_peak(loaded.device, next(loaded.model.parameters()).dtype)["flops_per_s"]
+    slots = args.slots or cfg.slots
+    engine = Engine(loaded, n_slots=slots, lora=cfg.lora)
+    groups = [plans[i:i + slots] for i in range(0, len(plans), slots)][: args.groups]
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}; "
+          f"{len(plans)} self-edits of round {args.round}, {len(groups)} groups of <= {slots}")
+    print("| group | adapters | wall s | steps | real tokens | padded tokens | floor s | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    total_s = total_floor = 0.0
+    for gi, group in enumerate(groups):
+        flops = sum(train_flops([len(engine.encode_example(a, b, cfg.train.max_seq_len)[0]) for a, b in plan.examples],
+                                dims, cfg.lora.r, lora_io, plan.epochs or cfg.train.epochs) for plan in group)
+        stats = engine.train(group, cfg.train, progress=False)
+        floor = flops / peak
+        total_s += stats.seconds
+        total_floor += floor
+        print(f"| {gi} | {len(group)} | {stats.seconds:.1f} | {stats.steps} | {stats.tokens} | {stats.padded_tokens} | "
+              f"{floor:.1f} | {floor / stats.seconds:.1%} |", flush=True)
+    print(f"total: {total_s:.1f} s wall, floor {total_floor:.1f} s")
+    print(f"training MFU: {total_floor / total_s:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
