@@ -38,6 +38,7 @@ from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
 from seal_lm.knowledge.prompts import answer_prompt  # noqa: E402
 from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
 from seal_lm.models import load_model  # noqa: E402
+from seal_lm.runs import read_units  # noqa: E402
 
 
 def sft_flops(rows: list[tuple[int, int]], dims: dict, r: int, lora_io: int, epochs: int) -> float:
@@ -65,13 +66,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    units = {}
-    for line in (run / "units.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            units[rec["unit"]] = rec
-        except (json.JSONDecodeError, KeyError):
-            continue
+    units = read_units(run / "units.jsonl")
     passages = {p.passage_id: p for p in load_passages(cfg.data)}
     domain = KnowledgeDomain.from_config(cfg, run)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -82,6 +77,14 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()}; measuring matmul peak and decode rates ...", flush=True)
     peak = measure_peak(dev, next(loaded.model.parameters()).dtype)["flops_per_s"]
     engine = Engine(loaded, n_slots=1, lora=cfg.lora)
+    q_lens_of: dict[str, list[int]] = {}
+
+    def question_lens(p) -> list[int]:
+        """Token lengths of p's answer prompts (tokenized once per passage, not once per evaluation)."""
+        if p.passage_id not in q_lens_of:
+            q_lens_of[p.passage_id] = [len(tok(answer_prompt(tok, q.question), add_special_tokens=False)["input_ids"])
+                                       for q in p.questions]
+        return q_lens_of[p.passage_id]
     rows = []
     worst = 0.0
     for rdir in sorted(run.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
                                           add_special_tokens=False)["input_ids"]) + 1
                 if not rec.get("valid", True):
                     continue
-                q_lens = [len(tok(answer_prompt(tok, q.question), add_special_tokens=False)["input_ids"]) for q in p.questions]
+                q_lens = question_lens(p)
                 adapted = parts[3] != "base"
                 prefill += prefill_flops(q_lens, dims, cfg.lora.r if adapted else 0, lora_io if adapted else 0)
                 if not adapted:

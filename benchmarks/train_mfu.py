@@ -14,7 +14,6 @@ Run it on an idle machine; to compare code versions, point PYTHONPATH at another
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from seal_lm.knowledge.data import load_passages  # noqa: E402
 from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
 from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
 from seal_lm.models import load_model  # noqa: E402
+from seal_lm.runs import read_units  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,13 +45,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
-    units = []
-    for line in (run / "units.jsonl").read_text().splitlines():
-        try:
-            units.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    gens = [u for u in units if u.get("unit", "").startswith(f"r{args.round}/gen/")]
+    gens = [u for key, u in read_units(run / "units.jsonl").items() if key.startswith(f"r{args.round}/gen/")]
     if not gens:
         raise SystemExit(f"no r{args.round}/gen/* units in {run}/units.jsonl")
     passages = {p.passage_id: p for p in load_passages(cfg.data)}

@@ -253,12 +253,9 @@ class BatchedAdamW:
             return
         for (lr_k, t), ks in sets.items():
             lo, hi = ks[0], ks[-1] + 1
-            if ks == list(range(lo, hi)):
-                ps, gs, ms, vs = ([x[lo:hi] for x in xs] for xs in zip(*((p, p.grad, m, v) for p, m, v in live)))
-            else:
-                index = torch.tensor(ks, device=self.params[0].device)
-                ps, gs, ms, vs = ([x.index_select(0, index) for x in xs]
-                                  for xs in zip(*((p, p.grad, m, v) for p, m, v in live)))
+            index = None if ks == list(range(lo, hi)) else torch.tensor(ks, device=self.params[0].device)
+            take = (lambda x: x[lo:hi]) if index is None else (lambda x: x.index_select(0, index))  # noqa: E731
+            ps, gs, ms, vs = ([take(x) for x in xs] for xs in zip(*((p, p.grad, m, v) for p, m, v in live)))
             bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
             torch._foreach_mul_(ms, b1)
             torch._foreach_add_(ms, gs, alpha=1 - b1)
@@ -270,7 +267,7 @@ class BatchedAdamW:
             if self.weight_decay:  # decoupled: p -= lr * wd * p
                 torch._foreach_mul_(ps, 1 - lr_k * self.weight_decay)
             torch._foreach_addcdiv_(ps, ms, denom, value=-lr_k / bc1)
-            if ks != list(range(lo, hi)):
+            if index is not None:  # gathered copies: write them back
                 for (p, m, v), pk, mk, vk in zip(live, ps, ms, vs):
                     p.index_copy_(0, index, pk)
                     m.index_copy_(0, index, mk)

@@ -48,13 +48,7 @@ class RunDir:
             if raw and not raw.endswith(b"\n"):  # a torn last line: end it so the next record is whole
                 with open(self.units_path, "ab") as f:
                     f.write(b"\n")
-            for line in self.units_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: that unit simply runs again
-                if isinstance(rec, dict) and "unit" in rec:
-                    self.units[rec["unit"]] = rec
+            self.units = read_units(self.units_path)
         self.resumed = len(self.units)
 
     def done(self, key: str) -> bool:
@@ -88,6 +82,19 @@ class RunDir:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(p)
         return p
+
+
+def read_units(units_path: str | Path) -> dict[str, dict[str, Any]]:
+    """The finished units of a run's units.jsonl, by key (read-only; the last record of a key wins)."""
+    units: dict[str, dict[str, Any]] = {}
+    for line in Path(units_path).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: that unit simply runs again
+        if isinstance(rec, dict) and "unit" in rec:
+            units[rec["unit"]] = rec
+    return units
 
 
 def _defaults(config) -> dict:
