@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, default=None, help="only the first N groups (default: all)")
     ap.add_argument("--slots", type=int, default=None, help="adapters per group (default: the run's --slots)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default=None, help="base-model dtype (default: the run's); the peak is measured in it")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"no r{args.round}/gen/* units in {run}/units.jsonl")
     passages = {p.passage_id: p for p in load_passages(cfg.data)}
     domain = KnowledgeDomain.from_config(cfg, run)
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=args.dtype or cfg.dtype)
     plans = []
     for g in gens:
         p = passages[g["unit"].split("/")[2]]

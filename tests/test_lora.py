@@ -116,7 +116,9 @@ def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypa
     for k in range(2):
         torch.testing.assert_close(torch.tensor(g.losses[k]), torch.tensor(s.losses[k]), rtol=1e-4, atol=1e-5)
         for name, t in grouped.lora.adapter_state(k).items():
-            torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=5e-5)
+            # Adam divides by sqrt(v): where a gradient is ~0 (q_proj on 2-token rows), summation-order
+            # noise becomes steps of up to ~lr/20; weights are ~2e-3, a wrong gradient moves them ~1e-3
+            torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=1e-4)
 
 
 def test_length_groups_are_the_cheapest_split():
