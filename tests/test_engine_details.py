@@ -41,11 +41,11 @@ def test_loss_applies_final_logit_softcapping(tiny):
         return F.cross_entropy(logits, ids[0, 1:], reduction="sum")
 
     with torch.no_grad(), eng.lora.use(torch.tensor([eng.base_slot])):
-        plain = eng._per_adapter_loss_sums(ids, attn, ids.clone(), index, 1)[0]
+        plain = eng._per_adapter_loss_sums(eng.model, ids, attn, ids.clone(), index, 1)[0]
         assert torch.allclose(plain, reference(None), atol=1e-4)
         eng.model.config.final_logit_softcapping = 0.5
         try:
-            capped = eng._per_adapter_loss_sums(ids, attn, ids.clone(), index, 1)[0]
+            capped = eng._per_adapter_loss_sums(eng.model, ids, attn, ids.clone(), index, 1)[0]
         finally:
             eng.model.config.final_logit_softcapping = None
         assert torch.allclose(capped, reference(0.5), atol=1e-4)

@@ -16,6 +16,7 @@ outputs exactly, with no reload. `merge_into_base()` is the one deliberate excep
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class MultiLoRA:
         self.noop_slots: set[int] = set()  # slots known to be all-zero (B = 0): skipped when decoding
         self.stacked: list[int] = []  # slots added to every row, on top of the per-row adapter
         self.modules: list[tuple[str, MultiLoRALinear]] = []
+        self.mirrors: list[dict[str, MultiLoRALinear]] = []  # wrappers of copies made by mirror()
         for p in model.parameters():
             p.requires_grad_(False)
         targets = set(self.cfg.target_modules)
@@ -184,12 +186,40 @@ class MultiLoRA:
         return out_dir
 
     @torch.no_grad()
+    def mirror(self, dtype: torch.dtype) -> nn.Module:
+        """A copy of the model with its frozen weights in `dtype` whose wrappers share THIS object's
+        adapter parameters and routing (`use`, `stacked`): a forward/backward on the copy trains the
+        same fp32 adapters. Used to run training passes in bf16 while decoding stays in fp32.
+        `merge_into_base` and `load_base_weights` keep the copy's base weights in step."""
+        memo: dict[int, object] = {id(self): self}  # deepcopy must share, not copy, owner and adapters
+        for _, m in self.modules:
+            for shared in (m.lora_A, m.lora_B, m._owner):
+                memo[id(shared)] = shared
+        twin = copy.deepcopy(self.model, memo)
+        adapters = {id(p) for p in self.parameters()}
+        for p in twin.parameters():
+            if id(p) not in adapters and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        self.mirrors.append({name: twin.get_submodule(name) for name, _ in self.modules})
+        return twin
+
+    @torch.no_grad()
     def merge_into_base(self, k: int) -> None:
         """Fold adapter k into the base weights (W += scale * B A) and zero it. Changes the base!"""
-        for _, m in self.modules:
+        for name, m in self.modules:
             w = m.base.weight
             w.add_((m.scale * (m.lora_B[k] @ m.lora_A[k])).to(w.dtype))
+            for twin in self.mirrors:
+                twin[name].base.weight.copy_(w)
             m.lora_B[k].zero_()
+
+    @torch.no_grad()
+    def load_base_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Overwrite the wrapped linears' base weights ({module name: weight}), mirrors included."""
+        for name, m in self.modules:
+            m.base.weight.copy_(weights[name])
+            for twin in self.mirrors:
+                twin[name].base.weight.copy_(weights[name])
 
     def detach(self) -> nn.Module:
         """Remove the wrappers, returning the model with its original nn.Linear modules."""

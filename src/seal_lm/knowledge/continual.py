@@ -79,8 +79,7 @@ def _target_weights(engine: Engine) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _restore(engine: Engine, saved: dict[str, torch.Tensor]) -> None:
-    for name, m in engine.lora.modules:
-        m.base.weight.copy_(saved[name])
+    engine.lora.load_base_weights(saved)
     engine.lora.stacked = []
     engine.lora.reset()
 
