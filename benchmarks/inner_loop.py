@@ -42,7 +42,8 @@ s real tokens (no padding counted; the base is frozen):
   attn    = 3 * 4 * L * (heads*head_dim) * s(s+1)/2   causal QK^T and AV (forward 4*d*ctx per token
                                 per layer, backward 2x forward)
 MFU = these FLOPs / measured train seconds / measured matmul peak. The peak is the best of several
-runs of a large torch.mm in the model's dtype (fp32 2048^2 on CPU, 8192^2 on CUDA).
+runs of a large torch.mm in the dtype training computes in (fp32 2048^2 on CPU, 8192^2 on CUDA; bf16
+when --compute-dtype resolves to it, e.g. `auto` on a CPU with AVX512-BF16, where it is ~4.6x fp32's).
 The reference's *hardware* FLOPs are far larger (2048-token padding, LM head over all positions);
 its MFU below is "useful MFU": the same useful FLOPs over its own (longer) time.
 
@@ -74,7 +75,7 @@ from pathlib import Path
 
 import torch
 
-from seal_lm.engine import Engine, GenerationConfig, TrainConfig, TrainPlan
+from seal_lm.engine import Engine, GenerationConfig, TrainConfig, TrainPlan, resolve_compute_dtype
 from seal_lm.knowledge.data import Passage, load_passages
 from seal_lm.knowledge.prompts import answer_prompt, self_edit_prompt
 from seal_lm.knowledge.self_edits import training_sequences
@@ -198,6 +199,12 @@ def train_flops(seq_lens: list[int], dims: dict, r: int, lora_io: int, epochs: i
         f += 6.0 * r * lora_io * s
         f += 12.0 * dims["layers"] * dims["attn_dim"] * s * (s + 1) / 2
     return f * epochs
+
+
+def run_compute_dtype(raw_config: dict, model_dtype: str | None = None) -> str:
+    """train.compute_dtype of a stored run config; runs made before the field existed trained in the
+    model's dtype (a missing field would otherwise read as today's default, auto)."""
+    return (raw_config.get("train") or {}).get("compute_dtype") or model_dtype or raw_config.get("dtype") or "float32"
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, trials: int = 5) -> dict:
@@ -366,7 +373,9 @@ def run_reference(args, passages, self_edits, tcfg, targets, grade, GradeItem, e
                     report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
                     remove_unused_columns=False, label_names=["labels"], seed=k,
                     use_cpu=device.type == "cpu", dataloader_num_workers=0,
-                    bf16=device.type == "cuda" and dtype == torch.bfloat16, fp16=False)
+                    # the same training precision as ours: bf16 (autocast over the model's weights when
+                    # they are fp32, as HF does on a CPU) whenever our compute dtype resolves to bf16
+                    bf16=resolve_compute_dtype(tcfg.compute_dtype, dtype, device) == torch.bfloat16, fp16=False)
                 trainer = Trainer(model=peft_model, args=targs, train_dataset=rows,
                                   data_collator=default_data_collator)
                 trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
@@ -449,6 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="self-edit sampling seed (default 0)")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
+    ap.add_argument("--compute-dtype", default="auto",
+                    help="dtype of the training passes (TrainConfig.compute_dtype; both loops use it)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="write every number (and the self-edits, answers) here")
     args = ap.parse_args(argv)
@@ -470,7 +481,8 @@ def main(argv=None) -> int:
     dims = model_dims(loaded.model)
     lora_io = lora_in_out_sum(loaded.model, set(lcfg.target_modules))
     engine = Engine(loaded, n_slots=args.k, lora=lcfg)
-    tcfg = TrainConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=1)
+    tcfg = TrainConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=1, compute_dtype=args.compute_dtype)
+    train_dtype = next(engine.training_model(tcfg.compute_dtype).parameters()).dtype
     grade, GradeItem, grader_name = make_grader()
     log(f"grader: {grader_name}")
 
@@ -479,8 +491,8 @@ def main(argv=None) -> int:
         log(f"only {len(passages)} passages available")
     P, K = len(passages), args.k
 
-    log("measuring matmul peak ...")
-    peak = measure_peak(device, dtype)
+    log(f"measuring matmul peak ({train_dtype}, the training passes' dtype) ...")
+    peak = measure_peak(device, train_dtype)
     log(f"peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s ({peak['dtype']} {peak['n']}x{peak['n']} torch.mm, best of 5)")
 
     sampler.phase = "ours"

@@ -4,8 +4,12 @@ Reads a run directory (config.yaml, units.jsonl, round-<i>/summary.json, sft.jso
 training sequence the round trained on (the recorded self-edits through the same domain code), and
 prints per round:
 
-    floor = (inner-loop training FLOPs + generator-SFT FLOPs + prompt prefill FLOPs) / measured matmul peak
+    floor = (inner-loop training FLOPs + generator-SFT FLOPs) / measured matmul peak of the training dtype
+          + prompt prefill FLOPs / measured matmul peak of the model's dtype
           + (self-edit tokens + answer tokens) / measured raw decode rate
+
+(the training dtype is the run's train.compute_dtype: bf16 on a CPU with native bf16 matmuls, whose
+peak is ~4.6x fp32's, so the floor of such a run is far lower than an fp32 run's)
 
 with the FLOP accounting of benchmarks/inner_loop.py (useful FLOPs only: no padding, frozen base). Prefill
 is the forward pass over every prompt (self-edit prompts, answer prompts) before its first new token; the
@@ -29,7 +33,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import lora_in_out_sum, measure_decode_rate, measure_peak, model_dims, train_flops  # noqa: E402
+from inner_loop import lora_in_out_sum, measure_decode_rate, measure_peak, model_dims, run_compute_dtype, train_flops  # noqa: E402
 
 from seal_lm.config import from_dict  # noqa: E402
 from seal_lm.engine import Engine  # noqa: E402
@@ -65,7 +69,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = from_dict(KnowledgeTrainConfig, raw)
+    cfg.train.compute_dtype = run_compute_dtype(raw)
     units = read_units(run / "units.jsonl")
     passages = {p.passage_id: p for p in load_passages(cfg.data)}
     domain = KnowledgeDomain.from_config(cfg, run)
@@ -75,8 +81,11 @@ def main(argv=None) -> int:
     lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
     dev = loaded.device
     print(f"load average {os.getloadavg()}; measuring matmul peak and decode rates ...", flush=True)
-    peak = measure_peak(dev, next(loaded.model.parameters()).dtype)["flops_per_s"]
     engine = Engine(loaded, n_slots=1, lora=cfg.lora)
+    model_dtype = next(loaded.model.parameters()).dtype
+    train_dtype = next(engine.training_model(cfg.train.compute_dtype).parameters()).dtype
+    peak = measure_peak(dev, model_dtype)["flops_per_s"]  # prefill runs in the model's dtype
+    train_peak = peak if train_dtype == model_dtype else measure_peak(dev, train_dtype)["flops_per_s"]
     q_lens_of: dict[str, list[int]] = {}
 
     def question_lens(p) -> list[int]:
@@ -132,12 +141,13 @@ def main(argv=None) -> int:
         q_prompt = int(sum(len(tok(answer_prompt(tok, q.question), add_special_tokens=False)["input_ids"])
                            for p in passages.values() for q in p.questions[:2]) / (2 * len(passages)) + 16)
         rate_ans = measure_decode_rate(loaded.model, 64, q_prompt, dev)
-        floor = (inner + sft_f + prefill) / peak + se_tokens / rate_se + ans_tokens / rate_ans
+        floor = (inner + sft_f) / train_peak + prefill / peak + se_tokens / rate_se + ans_tokens / rate_ans
         wall = summary["seconds"]
         worst = max(worst, wall / floor)
-        rows.append((rnd, n_evals, wall, floor, inner / peak, sft_f / peak, prefill / peak, se_tokens / rate_se,
+        rows.append((rnd, n_evals, wall, floor, inner / train_peak, sft_f / train_peak, prefill / peak, se_tokens / rate_se,
                      ans_tokens / rate_ans))
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s ({model_dtype}: prefill), {train_peak / 1e9:.1f} GFLOP/s "
+          f"({train_dtype}: inner training and SFT); torch threads {torch.get_num_threads()}")
     print("| round | evaluations | wall s | floor s | floor: inner train | SFT | prompt prefill | self-edit decode | answer decode | wall/floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for rnd, n, wall, floor, a, b, pf, c, d in rows:

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import lora_in_out_sum, measure_peak, model_dims, train_flops  # noqa: E402
+from inner_loop import lora_in_out_sum, measure_peak, model_dims, run_compute_dtype, train_flops  # noqa: E402
 
 from seal_lm.config import from_dict  # noqa: E402
 from seal_lm.engine import Engine  # noqa: E402
@@ -40,12 +40,16 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, default=None, help="only the first N groups (default: all)")
     ap.add_argument("--slots", type=int, default=None, help="adapters per group (default: the run's --slots)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--dtype", default=None, help="base-model dtype (default: the run's); the peak is measured in it")
+    ap.add_argument("--dtype", default=None, help="base-model dtype (default: the run's)")
+    ap.add_argument("--compute-dtype", default=None,
+                    help="train.compute_dtype (default: the run's; runs that predate it trained in the model dtype)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    cfg = from_dict(KnowledgeTrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = from_dict(KnowledgeTrainConfig, raw)
+    cfg.train.compute_dtype = args.compute_dtype or run_compute_dtype(raw, args.dtype)
     gens = [u for key, u in read_units(run / "units.jsonl").items() if key.startswith(f"r{args.round}/gen/")]
     if not gens:
         raise SystemExit(f"no r{args.round}/gen/* units in {run}/units.jsonl")
@@ -61,12 +65,13 @@ def main(argv=None) -> int:
                 plans.append(plan)
     dims = model_dims(loaded.model)
     lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
-    print(f"load average {os.getloadavg()}; measuring the matmul peak ...", flush=True)
-    peak = measure_peak(loaded.device, next(loaded.model.parameters()).dtype)["flops_per_s"]
     slots = args.slots or cfg.slots
     engine = Engine(loaded, n_slots=slots, lora=cfg.lora)
+    train_dtype = next(engine.training_model(cfg.train.compute_dtype).parameters()).dtype
+    print(f"load average {os.getloadavg()}; measuring the {train_dtype} matmul peak ...", flush=True)
+    peak = measure_peak(loaded.device, train_dtype)["flops_per_s"]
     groups = [plans[i:i + slots] for i in range(0, len(plans), slots)][: args.groups]
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}; "
+    print(f"{train_dtype} matmul peak {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}; "
           f"{len(plans)} self-edits of round {args.round}, {len(groups)} groups of <= {slots}")
     print("| group | adapters | wall s | steps | real tokens | padded tokens | floor s | MFU |")
     print("|---|---|---|---|---|---|---|---|")
