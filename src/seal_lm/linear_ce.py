@@ -24,9 +24,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         losses = torch.empty(n, device=hidden.device, dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden)
+        # One set of [chunk, vocab] buffers serves every chunk (no fresh 25 MB tensors per chunk)
+        rows = min(chunk, n)
+        logits32 = torch.empty(rows, weight.shape[0], device=hidden.device, dtype=torch.float32)
+        low = None if hidden.dtype == torch.float32 else torch.empty_like(logits32, dtype=hidden.dtype)
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            logits = (hidden[lo:hi] @ weight.t()).float()
+            if low is None:
+                logits = torch.mm(hidden[lo:hi], weight.t(), out=logits32[: hi - lo])
+            else:
+                logits = logits32[: hi - lo].copy_(torch.mm(hidden[lo:hi], weight.t(), out=low[: hi - lo]))
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
@@ -40,7 +47,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=grad.dtype))  # softmax - onehot
             if softcap:
                 grad.mul_(1 - capped.square_())
-            torch.mm(grad.to(hidden.dtype), weight, out=grad_hidden[lo:hi])
+            grad_low = grad if low is None else low[: hi - lo].copy_(grad)
+            torch.mm(grad_low, weight, out=grad_hidden[lo:hi])
         ctx.save_for_backward(grad_hidden)
         return losses
 

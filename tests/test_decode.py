@@ -1,0 +1,71 @@
+"""Engine._decode (in-place KV cache, finished rows leave the batch, CDF sampling) vs HF generate."""
+
+import pytest
+import torch
+
+from seal_lm.engine import Engine, GenerationConfig, _pick_tokens
+
+PROMPTS = ["The river", "Seven bridges cross the river of the old town of Brask, and", "A", "Once upon a time in"]
+
+
+def hf_greedy(eng, prompts, max_new, adapters):
+    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with eng.lora.use(torch.tensor(adapters)):
+        gen = eng.model.generate(**enc, max_new_tokens=max_new, do_sample=False, temperature=None, top_p=None,
+                                 top_k=None, pad_token_id=eng.tokenizer.pad_token_id,
+                                 eos_token_id=sorted(eng.end_token_ids))
+    out = []
+    for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in eng.end_token_ids), len(row))
+        out.append(row[:cut])
+    return out
+
+
+def _random_adapters(eng):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, m in eng.lora.modules:
+            m.lora_B[: eng.n_slots].copy_(torch.randn(m.lora_B[: eng.n_slots].shape, generator=g) * 0.05)
+
+
+def test_greedy_decode_equals_hf_generate_with_rows_finishing_early(tiny):
+    eng = Engine(tiny, n_slots=2)
+    _random_adapters(eng)
+    # make one token an end token that greedy decoding actually emits, so rows finish at different steps
+    first = hf_greedy(eng, PROMPTS, 12, [0, 1, 2, 0])
+    eos_pick = first[1][3]
+    eng.model.generation_config.eos_token_id = eos_pick
+    expected = hf_greedy(eng, PROMPTS, 12, [0, 1, 2, 0])
+    lengths = sorted(len(x) for x in expected)
+    assert lengths[0] < 12 and lengths[-1] == 12, lengths  # some rows end early, others run to the limit
+    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor([0, 1, 2, 0]),
+                      GenerationConfig(max_new_tokens=12, temperature=0.0), eng.end_token_ids)
+    assert got == expected
+
+
+def test_pick_tokens_draws_from_the_nucleus_with_the_right_frequencies():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    probs = torch.softmax(logits, -1)[0]
+    torch.manual_seed(0)
+    n = 40_000
+    draws = _pick_tokens(logits.expand(n, -1), temperature=1.0, top_p=0.8)
+    counts = torch.bincount(draws, minlength=6).float() / n
+    # probs .561 .206 .125 .076 ...: the mass before token 3 is .892 >= 0.8, so tokens 0-2 (as HF's top-p)
+    keep = probs[:3] / probs[:3].sum()
+    assert counts[3:].sum() == 0
+    assert torch.allclose(counts[:3], keep, atol=0.01), (counts, keep)
+    full = _pick_tokens(logits.expand(n, -1), temperature=2.0, top_p=1.0)
+    want = torch.softmax(logits / 2.0, -1)[0]
+    assert torch.allclose(torch.bincount(full, minlength=6).float() / n, want, atol=0.01)
+    assert torch.equal(_pick_tokens(logits, temperature=0.0, top_p=0.5), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decode_respects_a_constraint(tiny, temperature):
+    eng = Engine(tiny, n_slots=1)
+    options = ["alpha beta", "gamma", "alpha delta"]
+    trie = eng.constraint(options)
+    texts, _ = eng.generate(["Pick:", "Choose one:", "x"], GenerationConfig(max_new_tokens=8, temperature=temperature),
+                            constraint=trie, seed=3)
+    assert all(t in options for t in texts), texts
