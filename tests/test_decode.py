@@ -69,3 +69,49 @@ def test_decode_respects_a_constraint(tiny, temperature):
     texts, _ = eng.generate(["Pick:", "Choose one:", "x"], GenerationConfig(max_new_tokens=8, temperature=temperature),
                             constraint=trie, seed=3)
     assert all(t in options for t in texts), texts
+
+
+def test_greedy_decode_equals_hf_generate_with_rows_grouped_by_adapter(tiny):
+    """generate() sorts rows by adapter, so decoding takes the per-adapter slice path (and compacts it)."""
+    eng = Engine(tiny, n_slots=2)
+    _random_adapters(eng)
+    adapters = [0, 0, 1, 2]
+    first = hf_greedy(eng, PROMPTS, 10, adapters)
+    eng.model.generation_config.eos_token_id = first[0][2]
+    expected = hf_greedy(eng, PROMPTS, 10, adapters)
+    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
+                      GenerationConfig(max_new_tokens=10, temperature=0.0), eng.end_token_ids)
+    assert got == expected
+
+
+def test_append_layer_grows_its_buffer_and_selects_rows():
+    from seal_lm.engine import _AppendLayer
+
+    layer = _AppendLayer(spare=0)  # no spare room: every update reallocates and copies the old contents
+    chunks = [torch.randn(3, 2, n, 4) for n in (5, 1, 1)]
+    for c in chunks:
+        k, v = layer.update(c, -c)
+    want = torch.cat(chunks, dim=2)
+    assert torch.equal(k, want) and torch.equal(v, -want) and layer.get_seq_length() == 7
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    k, v = layer.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))
+    assert torch.equal(k[:, :, :7], want[[2, 0]]) and torch.equal(k[:, :, 7], torch.ones(2, 2, 4))
+
+
+def test_bf16_model_on_cpu_masks_left_padding(tiny):
+    """A bf16 model on a CPU uses the engine's fp32-training attention; its masks must still be built."""
+    import copy
+
+    model = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    from seal_lm.models import LoadedModel
+
+    eng = Engine(LoadedModel(model=model, tokenizer=tiny.tokenizer, name="tiny-bf16"), n_slots=1)
+    assert model.config._attn_implementation == "sdpa_fp32_training"
+    enc = eng.tokenizer(PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False)
+    assert enc["attention_mask"][0].min() == 0  # the short prompt is left-padded
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), eng.lora.use(eng.base_slot):
+        padded = model(**enc, position_ids=pos).logits[0, -1].float()
+        alone = model(**eng.tokenizer(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)).logits[0, -1].float()
+    torch.testing.assert_close(padded, alone, atol=3e-2, rtol=3e-2)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .linear_ce import linear_cross_entropy
@@ -119,6 +120,9 @@ def _sdpa_fp32_when_training(module, query, key, value, attention_mask, **kwargs
 
 _CPU_BF16_SDPA = "sdpa_fp32_training"
 AttentionInterface.register(_CPU_BF16_SDPA, _sdpa_fp32_when_training)
+# transformers builds attention masks only for implementations with a registered mask function; without
+# this line padded rows would attend to padding
+AttentionMaskInterface.register(_CPU_BF16_SDPA, sdpa_mask)
 
 
 class Engine:
@@ -294,7 +298,7 @@ class Engine:
         head = model.get_output_embeddings()
         # e.g. Gemma-2: the model's own forward caps logits before the loss; so must we
         cap = getattr(model.config, "final_logit_softcapping", None)
-        if head.bias is None and not head.weight.requires_grad:
+        if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
             tok_loss = linear_cross_entropy(h, head.weight, shift_labels[mask], softcap=cap)
         else:
             logits = head(h).float()
@@ -364,8 +368,11 @@ class Engine:
         batch of self-edits spent ~10% of its time in the KV cache's torch.cat, ~5% in
         torch.multinomial's full-vocabulary exponential draw, and ran every row until the longest ended):
         the cache appends in place (`_AppendLayer`), sampling inverts the nucleus' CDF, and finished rows
-        leave the batch (the cache is compacted once a quarter of the rows are done)."""
+        leave the batch (the cache is compacted once a quarter of the rows are done). The model's own
+        generation_config contributes its top_k, as in `generate`; repetition penalties and other logits
+        processors there are not applied (the embedded model sets none)."""
         model = self.model
+        top_k = getattr(model.generation_config, "top_k", None) if model.generation_config is not None else None
         # transformers >= 5.2x calls the forward's KV-cache argument `cache`; earlier ones `past_key_values`
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         n = input_ids.shape[0]
@@ -378,7 +385,7 @@ class Engine:
         attn = attention_mask.long()
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         ids = input_ids
-        end = torch.tensor(sorted(eos_ids), device=ids.device)
+        end = torch.tensor(sorted(eos_ids), device=ids.device, dtype=torch.long)
         for step in range(cfg.max_new_tokens):
             with self.lora.use(None if index is None else index[live]):
                 logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{cache_kw: cache},
@@ -388,7 +395,7 @@ class Engine:
                 for r, row in enumerate(live):
                     allowed[r, constraint.allowed(out[row])] = 0.0
                 logits = logits + allowed
-            nxt = _pick_tokens(logits, cfg.temperature, cfg.top_p)
+            nxt = _pick_tokens(logits, cfg.temperature, cfg.top_p, top_k)
             ended = torch.isin(nxt, end).tolist()
             for r, (row, t) in enumerate(zip(live, nxt.tolist())):
                 if done[r]:
@@ -412,13 +419,16 @@ class Engine:
         return out
 
 
-def _pick_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Greedy (temperature 0) or a temperature + nucleus (top-p) draw per row, as HF's samplers: tokens
-    are kept while the probability mass before them is < top_p (at least one). The draw inverts the
-    nucleus' CDF with one uniform number per row instead of a full-vocabulary multinomial."""
+def _pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None = None) -> torch.Tensor:
+    """Greedy (temperature 0) or a temperature + top-k + nucleus (top-p) draw per row, as HF's samplers:
+    the k most likely tokens, of which those whose preceding probability mass is < top_p (at least one).
+    The draw inverts the kept tokens' CDF with one uniform number per row instead of a full-vocabulary
+    multinomial."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs, order = torch.softmax(logits / temperature, dim=-1).sort(dim=-1, descending=True)
+    if top_k:
+        probs = probs[:, :top_k] / probs[:, :top_k].sum(-1, keepdim=True)
     cdf = probs.cumsum(-1)
     if top_p < 1.0:
         n_keep = ((cdf - probs) < top_p).sum(-1, keepdim=True).clamp(min=1)

@@ -23,7 +23,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk: int) -> torch.Tensor:
         n = hidden.shape[0]
         losses = torch.empty(n, device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden)
+        grad_hidden = torch.empty(hidden.shape, device=hidden.device, dtype=hidden.dtype)  # contiguous rows for mm(out=)
         # One set of [chunk, vocab] buffers serves every chunk (no fresh 25 MB tensors per chunk)
         rows = min(chunk, n)
         logits32 = torch.empty(rows, weight.shape[0], device=hidden.device, dtype=torch.float32)
