@@ -201,10 +201,27 @@ def train_flops(seq_lens: list[int], dims: dict, r: int, lora_io: int, epochs: i
     return f * epochs
 
 
-def run_compute_dtype(raw_config: dict, model_dtype: str | None = None) -> str:
-    """train.compute_dtype of a stored run config; runs made before the field existed trained in the
-    model's dtype (a missing field would otherwise read as today's default, auto)."""
-    return (raw_config.get("train") or {}).get("compute_dtype") or model_dtype or raw_config.get("dtype") or "float32"
+def load_knowledge_run(run_dir: Path, dtype: str | None = None, compute_dtype: str | None = None):
+    """A finished `seal knowledge train` run as the round benchmarks need it: (config, units, passages by
+    id, domain, loaded model). dtype / compute_dtype override the run's; a run made before
+    train.compute_dtype existed trained in the model's dtype (a missing field would otherwise read as
+    today's default, auto)."""
+    import yaml
+
+    from seal_lm.config import from_dict
+    from seal_lm.knowledge.domain import KnowledgeDomain
+    from seal_lm.knowledge.train import KnowledgeTrainConfig
+    from seal_lm.runs import read_units
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = from_dict(KnowledgeTrainConfig, raw)
+    cfg.dtype = dtype or cfg.dtype
+    cfg.train.compute_dtype = (compute_dtype or (raw.get("train") or {}).get("compute_dtype")
+                               or cfg.dtype or "float32")
+    units = read_units(run_dir / "units.jsonl")
+    passages = {p.passage_id: p for p in load_passages(cfg.data)}
+    domain = KnowledgeDomain.from_config(cfg, run_dir)
+    return cfg, units, passages, domain, load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, trials: int = 5) -> dict:

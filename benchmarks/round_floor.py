@@ -30,19 +30,12 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import lora_in_out_sum, measure_decode_rate, measure_peak, model_dims, run_compute_dtype, train_flops  # noqa: E402
+from inner_loop import load_knowledge_run, lora_in_out_sum, measure_decode_rate, measure_peak, model_dims, train_flops  # noqa: E402
 
-from seal_lm.config import from_dict  # noqa: E402
-from seal_lm.engine import Engine  # noqa: E402
-from seal_lm.knowledge.data import load_passages  # noqa: E402
-from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
+from seal_lm.engine import Engine, resolve_compute_dtype  # noqa: E402
 from seal_lm.knowledge.prompts import answer_prompt  # noqa: E402
-from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
-from seal_lm.models import load_model  # noqa: E402
-from seal_lm.runs import read_units  # noqa: E402
 
 
 def sft_flops(rows: list[tuple[int, int]], dims: dict, r: int, lora_io: int, epochs: int) -> float:
@@ -69,13 +62,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = from_dict(KnowledgeTrainConfig, raw)
-    cfg.train.compute_dtype = run_compute_dtype(raw)
-    units = read_units(run / "units.jsonl")
-    passages = {p.passage_id: p for p in load_passages(cfg.data)}
-    domain = KnowledgeDomain.from_config(cfg, run)
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    cfg, units, passages, domain, loaded = load_knowledge_run(run)
     tok = loaded.tokenizer
     dims = model_dims(loaded.model)
     lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
@@ -83,7 +70,7 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()}; measuring matmul peak and decode rates ...", flush=True)
     engine = Engine(loaded, n_slots=1, lora=cfg.lora)
     model_dtype = next(loaded.model.parameters()).dtype
-    train_dtype = next(engine.training_model(cfg.train.compute_dtype).parameters()).dtype
+    train_dtype = resolve_compute_dtype(cfg.train.compute_dtype, model_dtype, dev)
     peak = measure_peak(dev, model_dtype)["flops_per_s"]  # prefill runs in the model's dtype
     train_peak = peak if train_dtype == model_dtype else measure_peak(dev, train_dtype)["flops_per_s"]
     q_lens_of: dict[str, list[int]] = {}

@@ -19,18 +19,11 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import lora_in_out_sum, measure_peak, model_dims, run_compute_dtype, train_flops  # noqa: E402
+from inner_loop import load_knowledge_run, lora_in_out_sum, measure_peak, model_dims, train_flops  # noqa: E402
 
-from seal_lm.config import from_dict  # noqa: E402
-from seal_lm.engine import Engine  # noqa: E402
-from seal_lm.knowledge.data import load_passages  # noqa: E402
-from seal_lm.knowledge.domain import KnowledgeDomain  # noqa: E402
-from seal_lm.knowledge.train import KnowledgeTrainConfig  # noqa: E402
-from seal_lm.models import load_model  # noqa: E402
-from seal_lm.runs import read_units  # noqa: E402
+from seal_lm.engine import Engine, resolve_compute_dtype  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,15 +40,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    cfg = from_dict(KnowledgeTrainConfig, raw)
-    cfg.train.compute_dtype = args.compute_dtype or run_compute_dtype(raw, args.dtype)
-    gens = [u for key, u in read_units(run / "units.jsonl").items() if key.startswith(f"r{args.round}/gen/")]
+    cfg, units, passages, domain, loaded = load_knowledge_run(run, args.dtype, args.compute_dtype)
+    gens = [u for key, u in units.items() if key.startswith(f"r{args.round}/gen/")]
     if not gens:
         raise SystemExit(f"no r{args.round}/gen/* units in {run}/units.jsonl")
-    passages = {p.passage_id: p for p in load_passages(cfg.data)}
-    domain = KnowledgeDomain.from_config(cfg, run)
-    loaded = load_model(cfg.model, device=cfg.device, dtype=args.dtype or cfg.dtype)
     plans = []
     for g in gens:
         p = passages[g["unit"].split("/")[2]]
@@ -67,7 +55,7 @@ def main(argv=None) -> int:
     lora_io = lora_in_out_sum(loaded.model, set(cfg.lora.target_modules))
     slots = args.slots or cfg.slots
     engine = Engine(loaded, n_slots=slots, lora=cfg.lora)
-    train_dtype = next(engine.training_model(cfg.train.compute_dtype).parameters()).dtype
+    train_dtype = resolve_compute_dtype(cfg.train.compute_dtype, next(loaded.model.parameters()).dtype, loaded.device)
     print(f"load average {os.getloadavg()}; measuring the {train_dtype} matmul peak ...", flush=True)
     peak = measure_peak(loaded.device, train_dtype)["flops_per_s"]
     groups = [plans[i:i + slots] for i in range(0, len(plans), slots)][: args.groups]

@@ -1,5 +1,6 @@
 """Training passes in bf16 on a twin of the base weights, adapters and decoding in fp32."""
 
+import pytest
 import torch
 
 from seal_lm import engine as E
@@ -25,6 +26,8 @@ def test_auto_picks_bf16_only_for_fp32_on_a_bf16_capable_cpu(monkeypatch):
         assert "compute_dtype" in str(e)
     else:
         raise AssertionError("a bad compute_dtype must be refused")
+    with pytest.raises(ValueError, match="compute_dtype"):  # refused when the config is built, before a run starts
+        TrainConfig(compute_dtype="float16")
 
 
 def test_bf16_twin_trains_the_shared_fp32_adapters(tiny):

@@ -14,16 +14,15 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import sdpa_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .linear_ce import linear_cross_entropy
+from .linear_ce import capped_cross_entropy, linear_cross_entropy
 from .lora import BatchedAdamW, LoRAConfig, MultiLoRA, clip_grad_norm_per_adapter
-from .models import LoadedModel
+from .models import DTYPES, LoadedModel
 
 
 @dataclass
@@ -50,6 +49,10 @@ class TrainConfig:
     EPYC of docs/RESULTS.md), else the model's own dtype. When it differs from the model's dtype, a copy
     of the frozen base weights in this dtype runs the training passes; adapters, optimizer state,
     sampling and answering stay in the model's dtype."""
+
+    def __post_init__(self):
+        if self.compute_dtype != "auto" and DTYPES.get(self.compute_dtype) not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
 
 
 @dataclass
@@ -100,15 +103,13 @@ def resolve_compute_dtype(name: str, model_dtype: torch.dtype, device: torch.dev
         if device.type == "cpu" and model_dtype == torch.float32 and cpu_has_native_bf16():
             return torch.bfloat16
         return model_dtype
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"train.compute_dtype must be auto, float32 or bfloat16, got {name!r}")
-    return dtypes[name]
+    TrainConfig(compute_dtype=name)  # refuses a bad name
+    return DTYPES[name]
 
 
 def _sdpa_fp32_when_training(module, query, key, value, attention_mask, **kwargs):
     """transformers' SDPA attention, upcast to fp32 while training on a CPU. PyTorch's CPU flash
-    attention backward is ~2x slower in bf16 than in fp32 (measured on a 2-core Xeon: 1.6 vs 0.8 s of
+    attention backward is ~2x slower in bf16 than in fp32 (measured on the 2-core EPYC: 1.6 vs 0.8 s of
     a 10 s training call); decoding, which has no backward, stays in bf16."""
     if not torch.is_grad_enabled():
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -301,10 +302,7 @@ class Engine:
         if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
             tok_loss = linear_cross_entropy(h, head.weight, shift_labels[mask], softcap=cap)
         else:
-            logits = head(h).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            tok_loss = F.cross_entropy(logits, shift_labels[mask], reduction="none")
+            tok_loss = capped_cross_entropy(head(h), shift_labels[mask], cap)
         row_of_tok = index.view(-1, 1).expand_as(shift_labels)[mask]
         return torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
 
@@ -364,8 +362,8 @@ class Engine:
     def _decode(self, input_ids, attention_mask, index, cfg: GenerationConfig, eos_ids: set[int],
                 constraint: "TokenTrie | None" = None) -> list[list[int]]:
         """New tokens of each (left-padded) row, end token excluded. What HF `generate` does for greedy
-        and temperature/top-p sampling, minus three costs that dominate on a CPU (measured: a 64-prompt
-        batch of self-edits spent ~10% of its time in the KV cache's torch.cat, ~5% in
+        and temperature/top-p sampling, minus three costs that dominate on a CPU (measured: a profiled
+        self-edit sampling call (16 rows) spent ~10% of its time in the KV cache's torch.cat, ~5% in
         torch.multinomial's full-vocabulary exponential draw, and ran every row until the longest ended):
         the cache appends in place (`_AppendLayer`), sampling inverts the nucleus' CDF, and finished rows
         leave the batch (the cache is compacted once a quarter of the rows are done). The model's own

@@ -57,6 +57,11 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+"""dtype names accepted in configs and on the command line."""
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 matmuls are slow on most CPUs), bf16 on CUDA when the GPU supports it."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -136,8 +141,7 @@ def load_model(
     """Load (model, tokenizer) by name; see the module docstring for accepted names."""
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        dtype = DTYPES[dtype]
     dtype = dtype or default_dtype(device)
 
     if name == EMBEDDED:
