@@ -198,3 +198,32 @@ def test_decoding_by_adapter_slices_equals_per_row_gather(tiny):
         for row, k in enumerate(index):
             torch.testing.assert_close(out[row], alone[k], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(alone[0], alone[base])
+
+
+def test_clip_grad_norm_per_adapter_equals_clipping_each_adapter_alone():
+    from seal_lm.lora import clip_grad_norm_per_adapter
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4, 5), (3, 6, 4), (3, 2, 7)]
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    for p, scale in zip(params, [1.0, 0.1, 3.0]):
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    params[0].grad[2] *= 1e-3  # adapter 2's gradient is small: below max_norm, so left unscaled
+    params[1].grad[2] *= 1e-3
+    params[2].grad[2] *= 1e-3
+    expected = []
+    for k in range(3):
+        alone = [torch.nn.Parameter(torch.zeros(s[1:])) for s in shapes]
+        for a, p in zip(alone, params):
+            a.grad = p.grad[k].clone()
+        norm = torch.nn.utils.clip_grad_norm_(alone, max_norm=1.0)
+        expected.append(([a.grad for a in alone], norm))
+    before2 = [p.grad[2].clone() for p in params]
+    norms = clip_grad_norm_per_adapter(params, 1.0, 3)
+    for k, (grads, norm) in enumerate(expected):
+        torch.testing.assert_close(norms[k], norm, rtol=1e-5, atol=1e-6)
+        for p, want in zip(params, grads):
+            torch.testing.assert_close(p.grad[k], want, rtol=1e-5, atol=1e-6)
+    assert norms[0] > 1 and norms[1] > 1 and norms[2] < 1  # the test covers both clipped and unclipped adapters
+    for p, b in zip(params, before2):
+        assert torch.equal(p.grad[2], b)

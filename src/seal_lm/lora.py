@@ -67,10 +67,11 @@ class MultiLoRALinear(nn.Module):
         index = owner.active_index
         if index is None:
             return y
-        if not torch.is_grad_enabled() and owner.segments is not None and x.dim() == 3:
-            # Inference (decoding answers): rows come sorted by adapter, so each adapter's rows are one
-            # slice; a gather would copy every row's A and B at every decoding step (measured: more
-            # memory traffic than the base weights themselves at 64 rows).
+        if not torch.is_grad_enabled() and owner.segments is not None and x.dim() == 3 and x.device.type == "cpu":
+            # Inference (decoding answers) on a CPU: rows come sorted by adapter, so each adapter's rows
+            # are one slice; a gather would copy every row's A and B at every decoding step (measured:
+            # more memory traffic than the base weights themselves at 64 rows). Not on a GPU: there the
+            # ~6 kernel launches per adapter and module cost more than the gather's traffic.
             for k, lo, hi in owner.segments:
                 h = x[lo:hi] @ self.lora_A[k].to(x.dtype).t()
                 y[lo:hi] += self.scale * (h @ self.lora_B[k].to(x.dtype).t())
@@ -311,14 +312,18 @@ class BatchedAdamW:
 
 
 def clip_grad_norm_per_adapter(params: list[nn.Parameter], max_norm: float, n_adapters: int) -> torch.Tensor:
-    """Clip each adapter's gradient to max_norm over all its slices (what clipping it alone would do)."""
-    sq = torch.zeros(n_adapters, device=params[0].device)
-    for p in params:
-        if p.grad is not None:
-            sq += p.grad.float().pow(2).flatten(1).sum(1)
+    """Clip each adapter's gradient to max_norm over all its slices (what clipping it alone would do).
+
+    Multi-tensor (`_foreach`) ops over every parameter's per-adapter slices: a handful of kernels per
+    step on a GPU instead of ~5 per parameter (420 parameters in a 30-layer model)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(n_adapters, device=params[0].device)
+    slices = [g_k for g in grads for g_k in g.unbind(0)]  # parameter-major: [p0 k0, p0 k1, ..., p1 k0, ...]
+    sq = torch.stack(torch._foreach_norm(slices)).float().view(len(grads), n_adapters).pow(2).sum(0)
     norms = sq.sqrt()
     factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(factor.view((-1,) + (1,) * (p.dim() - 1)).to(p.grad.dtype))
+    # one multiply per adapter over all its slices (a 0-dim tensor factor: no host sync)
+    for k in range(n_adapters):
+        torch._foreach_mul_(slices[k::n_adapters], factor[k].to(grads[0].dtype))
     return norms
