@@ -227,3 +227,66 @@ def test_clip_grad_norm_per_adapter_equals_clipping_each_adapter_alone():
     assert norms[0] > 1 and norms[1] > 1 and norms[2] < 1  # the test covers both clipped and unclipped adapters
     for p, b in zip(params, before2):
         assert torch.equal(p.grad[2], b)
+
+
+def _reference_row_lora(x, y, lora_A, lora_B, index, scale):
+    a = lora_A.index_select(0, index).to(x.dtype)
+    b = lora_B.index_select(0, index).to(x.dtype)
+    return torch.baddbmm(y, torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2), alpha=scale)
+
+
+def test_row_lora_gradients_equal_autograd_and_accumulate_in_place():
+    """_RowLoRA's hand-written backward == autograd through gather + bmm, for x, y, A and B; a second
+    backward (the next length group of a step) adds into the existing .grad instead of replacing it."""
+    from seal_lm.lora import _RowLoRA
+
+    g = torch.Generator().manual_seed(0)
+    k, r, d_in, d_out = 4, 3, 6, 5
+    A0 = torch.randn(k, r, d_in, generator=g, dtype=torch.float64)
+    B0 = torch.randn(k, d_out, r, generator=g, dtype=torch.float64)
+    batches = [(torch.randn(3, 7, d_in, generator=g, dtype=torch.float64), torch.tensor([2, 0, 2])),
+               (torch.randn(2, 4, d_in, generator=g, dtype=torch.float64), torch.tensor([1, 1]))]
+    grads = {}
+    for name, fn in (("ours", _RowLoRA.apply), ("autograd", _reference_row_lora)):
+        A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
+        xs_grads = []
+        for x0, index in batches:
+            x = x0.clone().requires_grad_(True)
+            y = (x0 * 0.5)[..., :d_out].clone().requires_grad_(True)
+            out = fn(x, y, A, B, index, 2.0)
+            (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+            xs_grads += [x.grad, y.grad]
+        grads[name] = (A.grad.clone(), B.grad.clone(), xs_grads)
+    (a1, b1, x1), (a2, b2, x2) = grads["ours"], grads["autograd"]
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(b1, b2)
+    for u, v in zip(x1, x2):
+        torch.testing.assert_close(u, v)
+    assert a1[3].abs().sum() == 0 and a1[0].abs().sum() > 0  # adapter 3 had no rows; 0 (batch 1) and 1 (batch 2) did
+    assert a1[1].abs().sum() > 0
+
+
+def test_clip_and_zero_grad_touch_only_the_active_adapters():
+    from seal_lm.lora import BatchedAdamW, clip_grad_norm_per_adapter
+
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.zeros(5, 4, 3)), torch.nn.Parameter(torch.zeros(5, 2))]
+    active = torch.tensor([False, True, False, True, False])
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 4
+        p.grad[~active] = 0  # only active adapters get gradients in a step
+    full = [p.grad.clone() for p in params]
+    ref = [torch.nn.Parameter(torch.zeros_like(p)) for p in params]
+    for q, f in zip(ref, full):
+        q.grad = f.clone()
+    norms = clip_grad_norm_per_adapter(params, 1.0, 5, active)
+    ref_norms = clip_grad_norm_per_adapter(ref, 1.0, 5)
+    torch.testing.assert_close(norms, ref_norms)
+    for p, q in zip(params, ref):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert norms[1] > 1 and norms[3] > 1 and norms[0] == 0
+    opt = BatchedAdamW(params, 5)
+    params[0].grad[4] = 7.0  # outside the active range [1, 4): zero_grad(active) leaves it alone
+    opt.zero_grad(active)
+    assert params[0].grad[:4].abs().sum() == 0 and params[1].grad.abs().sum() == 0
+    assert (params[0].grad[4] == 7.0).all()

@@ -268,14 +268,14 @@ class Engine:
                 active = torch.zeros(self.lora.n_adapters, dtype=torch.bool)
                 active[slot_of_row.unique()] = True
                 if cfg.grad_clip > 0:
-                    clip_grad_norm_per_adapter(params, cfg.grad_clip, self.lora.n_adapters)
+                    clip_grad_norm_per_adapter(params, cfg.grad_clip, self.lora.n_adapters, active)
                 lr_now = torch.zeros(self.lora.n_adapters)
                 for k in range(k_n):
                     total = len(schedules[k])
                     frac = 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / max(total, 1))
                     lr_now[slots[k]] = lrs[k] * frac
                 opt.step(lr_now, active)
-                opt.zero_grad()
+                opt.zero_grad(active)
                 for k in range(k_n):
                     if active[slots[k]]:
                         stats.losses[k].append(float(per_adapter[k]))
