@@ -115,3 +115,32 @@ def test_bf16_model_on_cpu_masks_left_padding(tiny):
         padded = model(**enc, position_ids=pos).logits[0, -1].float()
         alone = model(**eng.tokenizer(PROMPTS[:1], return_tensors="pt", add_special_tokens=False)).logits[0, -1].float()
     torch.testing.assert_close(padded, alone, atol=3e-2, rtol=3e-2)
+
+
+def test_greedy_decode_applies_the_models_repetition_penalty_as_hf_generate(tiny):
+    """A generation_config's repetition_penalty (Qwen2.5-Instruct sets 1.05) changes greedy output; the
+    engine's decoder must apply it exactly as HF generate does, rows finishing early and compaction included."""
+    eng = Engine(tiny, n_slots=2)
+    _random_adapters(eng)
+    adapters = [0, 1, 2, 0]
+    plain = hf_greedy(eng, PROMPTS, 14, adapters)
+    eng.model.generation_config.repetition_penalty = 3.0
+    penalised = hf_greedy(eng, PROMPTS, 14, adapters)
+    assert penalised != plain  # the penalty matters for this model and these prompts
+    eng.model.generation_config.eos_token_id = penalised[2][4]  # some rows end early: compaction is exercised
+    expected = hf_greedy(eng, PROMPTS, 14, adapters)
+    assert sorted(len(x) for x in expected)[0] < 14
+    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
+                      GenerationConfig(max_new_tokens=14, temperature=0.0), eng.end_token_ids)
+    assert got == expected
+
+
+def test_decode_warns_about_generation_settings_it_does_not_apply(tiny):
+    import seal_lm.engine as E
+
+    eng = Engine(tiny, n_slots=1)
+    eng.model.generation_config.no_repeat_ngram_size = 3
+    E._warned_generation.discard("no_repeat_ngram_size")
+    with pytest.warns(UserWarning, match="no_repeat_ngram_size"):
+        eng.generate(["hello"], GenerationConfig(max_new_tokens=2, temperature=0.0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -371,10 +372,15 @@ class Engine:
         torch.multinomial's full-vocabulary exponential draw, and ran every row until the longest ended):
         the cache appends in place (`_AppendLayer`), sampling inverts the nucleus' CDF, and finished rows
         leave the batch (the cache is compacted once a quarter of the rows are done). The model's own
-        generation_config contributes its top_k, as in `generate`; repetition penalties and other logits
-        processors there are not applied (the embedded model sets none)."""
+        generation_config contributes its top_k and repetition_penalty, as in `generate` (e.g. Qwen2.5-Instruct
+        sets 1.05); other logits processors a generation_config may ask for are not applied, with a warning."""
         model = self.model
-        top_k = getattr(model.generation_config, "top_k", None) if model.generation_config is not None else None
+        gen_cfg = model.generation_config
+        top_k = getattr(gen_cfg, "top_k", None) if gen_cfg is not None else None
+        penalty = getattr(gen_cfg, "repetition_penalty", None) if gen_cfg is not None else None
+        penalty = penalty if penalty and penalty != 1.0 else None
+        _warn_unsupported_generation_settings(gen_cfg)
+        seen = input_ids if penalty else None  # every token of each row so far, left padding included (as HF)
         # transformers >= 5.2x calls the forward's KV-cache argument `cache`; earlier ones `past_key_values`
         cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         n = input_ids.shape[0]
@@ -392,12 +398,17 @@ class Engine:
             with self.lora.use(None if index is None else index[live]):
                 logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{cache_kw: cache},
                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if penalty is not None:  # HF's RepetitionPenaltyLogitsProcessor
+                score = logits.gather(1, seen)
+                logits.scatter_(1, seen, torch.where(score < 0, score * penalty, score / penalty))
             if constraint is not None:
                 allowed = torch.full_like(logits, float("-inf"))
                 for r, row in enumerate(live):
                     allowed[r, constraint.allowed(out[row])] = 0.0
                 logits = logits + allowed
             nxt = _pick_tokens(logits, cfg.temperature, cfg.top_p, top_k)
+            if seen is not None:
+                seen = torch.cat([seen, nxt.unsqueeze(1)], dim=1)
             ended = torch.isin(nxt, end).tolist()
             for r, (row, t) in enumerate(zip(live, nxt.tolist())):
                 if done[r]:
@@ -415,10 +426,32 @@ class Engine:
                 cache.batch_select_indices(sel)
                 live, done = [live[r] for r in keep], [False] * len(keep)
                 attn, pos, nxt = attn[sel], pos[sel], nxt[sel]
+                if seen is not None:
+                    seen = seen[sel]
             attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
             pos = pos[:, -1:] + 1
             ids = nxt.unsqueeze(1)
         return out
+
+
+# generation_config fields (with their inactive values) whose logits processors `Engine._decode` does not implement
+_UNSUPPORTED_GENERATION = {"no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "min_new_tokens": (None, 0),
+                           "min_length": (None, 0), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                           "typical_p": (None, 1.0), "min_p": (None, 0.0), "epsilon_cutoff": (None, 0.0),
+                           "eta_cutoff": (None, 0.0), "sequence_bias": (None,), "forced_bos_token_id": (None,),
+                           "forced_eos_token_id": (None,)}
+_warned_generation: set[str] = set()
+
+
+def _warn_unsupported_generation_settings(gen_cfg) -> None:
+    if gen_cfg is None:
+        return
+    for name, inactive in _UNSUPPORTED_GENERATION.items():
+        value = getattr(gen_cfg, name, None)
+        if value not in inactive and name not in _warned_generation:
+            _warned_generation.add(name)
+            warnings.warn(f"the model's generation_config sets {name}={value!r}, which seal-lm's decoder does not "
+                          "apply (it applies temperature, top_p, top_k and repetition_penalty)", stacklevel=3)
 
 
 def _pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None = None) -> torch.Tensor:
