@@ -17,6 +17,7 @@ To compare code versions, run it with PYTHONPATH pointing at each checkout's src
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 
@@ -64,11 +65,10 @@ def main(argv=None) -> int:
     lr = torch.full((n,), 1e-3)
     opt = BatchedAdamW(params, n)
 
+    takes_active = "active" in inspect.signature(clip_grad_norm_per_adapter).parameters  # not before session 5
+
     def clip():
-        try:
-            clip_grad_norm_per_adapter(params, 1.0, n, active)
-        except TypeError:  # code before session 5: no active range, every slot is read
-            clip_grad_norm_per_adapter(params, 1.0, n)
+        clip_grad_norm_per_adapter(params, 1.0, n, *([active] if takes_active else []))
 
     for _ in range(3):
         clip()

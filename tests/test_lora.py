@@ -247,7 +247,8 @@ def test_row_lora_gradients_equal_autograd_and_accumulate_in_place():
     batches = [(torch.randn(3, 7, d_in, generator=g, dtype=torch.float64), torch.tensor([2, 0, 2])),
                (torch.randn(2, 4, d_in, generator=g, dtype=torch.float64), torch.tensor([1, 1]))]
     grads = {}
-    for name, fn in (("ours", _RowLoRA.apply), ("autograd", _reference_row_lora)):
+    in_place = lambda *a: _RowLoRA.apply(*a, True)  # noqa: E731  (what Engine.train does)
+    for name, fn in (("ours", in_place), ("autograd", _reference_row_lora)):
         A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
         xs_grads = []
         for x0, index in batches:
@@ -264,6 +265,14 @@ def test_row_lora_gradients_equal_autograd_and_accumulate_in_place():
         torch.testing.assert_close(u, v)
     assert a1[3].abs().sum() == 0 and a1[0].abs().sum() > 0  # adapter 3 had no rows; 0 (batch 1) and 1 (batch 2) did
     assert a1[1].abs().sum() > 0
+    # outside Engine.train the gradient goes through autograd: torch.autograd.grad sees it, .grad is untouched
+    A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
+    A.grad = torch.zeros_like(A)
+    x0, index = batches[0]
+    got = torch.autograd.grad(_RowLoRA.apply(x0, x0[..., :d_out], A, B, index, 2.0, False).sum(), [A, B])
+    want = torch.autograd.grad(_reference_row_lora(x0, x0[..., :d_out], A, B, index, 2.0).sum(), [A, B])
+    torch.testing.assert_close(got, want)
+    assert A.grad.abs().sum() == 0
 
 
 def test_clip_and_zero_grad_touch_only_the_active_adapters():
@@ -290,3 +299,17 @@ def test_clip_and_zero_grad_touch_only_the_active_adapters():
     opt.zero_grad(active)
     assert params[0].grad[:4].abs().sum() == 0 and params[1].grad.abs().sum() == 0
     assert (params[0].grad[4] == 7.0).all()
+
+
+def test_batched_adamw_with_a_grad_laid_out_unlike_its_parameter():
+    """The fused CPU kernel ignores strides; a transposed .grad must still give torch.optim.AdamW's update."""
+    from seal_lm.lora import BatchedAdamW
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(2, 4, 3))
+    q = torch.nn.Parameter(p.detach().clone())
+    grad = torch.randn(2, 3, 4).transpose(1, 2)  # shape [2, 4, 3], not contiguous
+    p.grad, q.grad = grad, grad.contiguous()
+    BatchedAdamW([p], 2).step(torch.tensor([0.1, 0.1]), torch.tensor([True, True]))
+    torch.optim.AdamW([q], lr=0.1, weight_decay=0.0).step()
+    torch.testing.assert_close(p.detach(), q.detach())

@@ -227,6 +227,7 @@ class Engine:
         t0 = time.perf_counter()
         model.train()
         bar = tqdm(total=n_steps, desc=f"train {k_n} adapter(s)", disable=not progress, leave=False)
+        self.lora.grads_in_place = True
         try:
             for step in range(n_steps):
                 rows, row_adapter = [], []
@@ -283,6 +284,7 @@ class Engine:
                 stats.steps += 1
                 bar.update(1)
         finally:
+            self.lora.grads_in_place = False
             bar.close()
             model.eval()
             for p in params:

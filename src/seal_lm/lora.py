@@ -62,8 +62,9 @@ class MultiLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         owner = self._owner[0]
-        for k in owner.stacked:  # adapters applied to every row (continual setting, 'stack' mode)
-            y = y + self.scale * ((x @ self.lora_A[k].to(x.dtype).t()) @ self.lora_B[k].to(x.dtype).t())
+        for k in owner.stacked:  # frozen earlier adapters applied to every row (continual setting, 'stack' mode)
+            a, b = self.lora_A[k].detach().to(x.dtype), self.lora_B[k].detach().to(x.dtype)
+            y = y + self.scale * ((x @ a.t()) @ b.t())
         index = owner.active_index
         if index is None:
             return y
@@ -80,7 +81,8 @@ class MultiLoRALinear(nn.Module):
             index = index.expand(x.shape[0])
         squeeze = x.dim() == 2
         h = self.dropout(x.unsqueeze(1) if squeeze else x)
-        out = _RowLoRA.apply(h, y.unsqueeze(1) if squeeze else y, self.lora_A, self.lora_B, index, self.scale)
+        out = _RowLoRA.apply(h, y.unsqueeze(1) if squeeze else y, self.lora_A, self.lora_B, index, self.scale,
+                             owner.grads_in_place)
         return out.squeeze(1) if squeeze else out
 
 
@@ -94,12 +96,13 @@ class _RowLoRA(torch.autograd.Function):
     gradient rows cast to fp32 and `index_add`ed into the stacked [K, ...] gradient."""
 
     @staticmethod
-    def forward(ctx, x, y, lora_A, lora_B, index, scale):
+    def forward(ctx, x, y, lora_A, lora_B, index, scale, grads_in_place=False):
         a = lora_A.index_select(0, index).to(x.dtype)  # [B, r, in]
         b = lora_B.index_select(0, index).to(x.dtype)  # [B, out, r]
         h = torch.bmm(x, a.transpose(1, 2))  # [B, T, r]
         ctx.save_for_backward(x, a, b, h, index)
-        ctx.scale, ctx.params = scale, (lora_A, lora_B)
+        # the parameters themselves (not saved tensors: backward only reads their .grad, never their values)
+        ctx.scale, ctx.params, ctx.in_place = scale, (lora_A, lora_B), grads_in_place
         # baddbmm: y + scale * h B^T in one op (a separate scale and add cost ~4% of a CPU step)
         return torch.baddbmm(y, h, b.transpose(1, 2), alpha=scale)
 
@@ -112,18 +115,20 @@ class _RowLoRA(torch.autograd.Function):
         lora_A, lora_B = ctx.params
         grad_a = grad_b = None
         if need_a:
-            grad_a = _add_rows(lora_A, index, torch.bmm(g_h.transpose(1, 2), x))  # rows [B, r, in]
+            grad_a = _add_rows(lora_A, index, torch.bmm(g_h.transpose(1, 2), x), ctx.in_place)  # rows [B, r, in]
         if need_b:
-            grad_b = _add_rows(lora_B, index, torch.bmm(g.transpose(1, 2), h).mul_(ctx.scale))  # rows [B, out, r]
-        return grad_x, (g if need_y else None), grad_a, grad_b, None, None
+            grad_b = _add_rows(lora_B, index, torch.bmm(g.transpose(1, 2), h).mul_(ctx.scale), ctx.in_place)
+        return grad_x, (g if need_y else None), grad_a, grad_b, None, None, None
 
 
-def _add_rows(param: nn.Parameter, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
-    """Add each batch row's gradient into its adapter's slice of param.grad. An existing .grad (a later
-    length group of the step; BatchedAdamW.zero_grad zeroes only the slices it used) is added to in
-    place, so a step allocates and zero-fills no [K, ...] gradient; only the first backward of a
-    training call returns a fresh one for autograd to store."""
-    if param.grad is not None:
+def _add_rows(param: nn.Parameter, index: torch.Tensor, rows: torch.Tensor, in_place: bool) -> torch.Tensor | None:
+    """The [K, ...] gradient of a stacked adapter parameter from its per-row gradient rows.
+
+    With `in_place` (set by Engine.train for its own backward passes: MultiLoRA.grads_in_place) an existing
+    .grad — a later length group of the step; BatchedAdamW.zero_grad zeroes only the slices it used — is
+    added to in place, so a step allocates and zero-fills no [K, ...] gradient. That bypasses autograd, so
+    it is off for everyone else (`torch.autograd.grad`, `backward(inputs=...)` see the gradient as usual)."""
+    if in_place and param.grad is not None:
         param.grad.index_add_(0, index, rows.to(param.grad.dtype))
         return None
     return torch.zeros_like(param).index_add_(0, index, rows.to(param.dtype))
@@ -140,6 +145,7 @@ class MultiLoRA:
         self.segments: list[tuple[int, int, int]] | None = None  # (slot, first row, end row) when sorted
         self.noop_slots: set[int] = set()  # slots known to be all-zero (B = 0): skipped when decoding
         self.stacked: list[int] = []  # slots added to every row, on top of the per-row adapter
+        self.grads_in_place = False  # backward adds adapter gradients into .grad directly (Engine.train only)
         self.modules: list[tuple[str, MultiLoRALinear]] = []
         self.mirrors: list[dict[str, MultiLoRALinear]] = []  # wrappers of copies made by mirror()
         for p in model.parameters():
@@ -329,10 +335,11 @@ class BatchedAdamW:
             index = None if ks == list(range(lo, hi)) else torch.tensor(ks, device=self.params[0].device)
             take = (lambda x: x[lo:hi]) if index is None else (lambda x: x.index_select(0, index))  # noqa: E731
             ps, gs, ms, vs = ([take(x) for x in xs] for xs in zip(*((p, p.grad, m, v) for p, m, v in live)))
-            if ps[0].device.type in ("cpu", "cuda"):
+            # (the CPU kernel ignores strides: fused only when every tensor is laid out like its parameter)
+            if ps[0].device.type in ("cpu", "cuda") and all(t.is_contiguous() for t in (*ps, *gs, *ms, *vs)):
                 # one fused pass over p, grad, m, v (the step is memory-bound; the _foreach sequence below
                 # reads and writes them ~8 times). Same update as torch.optim.AdamW(fused=True).
-                step = torch.tensor(float(t), device=ps[0].device)
+                step = torch.tensor(float(t), dtype=torch.float32, device=ps[0].device)  # the kernel reads fp32
                 torch._fused_adamw_(ps, gs, ms, vs, [], [step] * len(ps), lr=lr_k, beta1=b1, beta2=b2,
                                     weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
             else:
