@@ -18,6 +18,7 @@ import copy
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +28,11 @@ from seal_lm.linear_ce import linear_cross_entropy
 from seal_lm.lora import LoRAConfig
 from seal_lm.models import EMBEDDED, load_model
 
-PLANS = [
-    TrainPlan([("", "The Varnholt Bridge was finished in 1874."), ("", "Oda Pellinen built it."),
-               ("Q: who? A:", " Oda Pellinen")], seed=11),
-    TrainPlan([("", "Selka river runs north."), ("", "It freezes every winter in the valley of Tarn.")],
-              seed=22, learning_rate=3e-3, epochs=2),
-    TrainPlan([("", "A single long line about the fictional town of Brask and its seven towers of stone.")],
-              seed=33, epochs=4),
-]
-PROMPTS = ["The river", "Seven bridges cross the river of the old town of Brask, and", "A", "Once upon a time in"]
+# the unit tests' own references and fixtures, so a device is held to exactly what CI checks on the CPU
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_decode import PROMPTS, engine_greedy, hf_greedy, random_adapters  # noqa: E402
+from test_lora import PLANS, check_batched_adamw_against_torch_adamw, reference_row_lora  # noqa: E402
+
 RESULTS: list[tuple[str, bool, str]] = []
 
 
@@ -78,7 +75,7 @@ def check_linear_ce(dev):
 
 @check("per-row LoRA backward == autograd; BatchedAdamW == torch.optim.AdamW per adapter")
 def check_lora_kernels(dev):
-    from seal_lm.lora import BatchedAdamW, _RowLoRA
+    from seal_lm.lora import _RowLoRA
 
     g = torch.Generator().manual_seed(0)
     k, r, d_in, d_out = 4, 3, 16, 12
@@ -92,37 +89,14 @@ def check_lora_kernels(dev):
             A, B = (torch.nn.Parameter(t.clone().to(dev)) for t in masters)
             x = x0.to(dev, act_dtype).detach().clone().requires_grad_(True)
             y = torch.zeros(5, 7, d_out, device=dev, dtype=act_dtype)
-            if ours:
-                out = _RowLoRA.apply(x, y, A, B, index, 2.0, False)
-            else:
-                a = A.index_select(0, index).to(act_dtype)
-                b = B.index_select(0, index).to(act_dtype)
-                out = torch.baddbmm(y, torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2), alpha=2.0)
+            out = (_RowLoRA.apply(x, y, A, B, index, 2.0, False) if ours
+                   else reference_row_lora(x, y, A, B, index, 2.0))
             out.float().sin().sum().backward()
             grads.append((x.grad.float(), A.grad, B.grad))
         for u, v in zip(*grads):
             torch.testing.assert_close(u, v, rtol=tol, atol=tol)
             worst.append((u - v).abs().max().item())
-    params = [torch.nn.Parameter(torch.randn(k, 6, 5, generator=g).to(dev)), torch.nn.Parameter(torch.randn(k, 9, generator=g).to(dev))]
-    alone = [[torch.nn.Parameter(p[i].detach().clone()) for p in params] for i in range(k)]
-    lrs = torch.tensor([1e-2, 3e-3, 1e-2, 5e-2])
-    opt = BatchedAdamW(params, k, weight_decay=0.1)
-    refs = [torch.optim.AdamW(alone[i], lr=float(lrs[i]), weight_decay=0.1) for i in range(k)]
-    for mask in ([1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 0, 1], [1, 1, 0, 0]):
-        active = torch.tensor(mask, dtype=torch.bool)
-        gs = [torch.randn(p.shape, generator=g).to(dev) for p in params]
-        for p, gr in zip(params, gs):
-            p.grad = gr.clone()
-        opt.step(lrs, active)
-        opt.zero_grad()
-        for i in range(k):
-            if mask[i]:
-                for q, gr in zip(alone[i], gs):
-                    q.grad = gr[i].clone()
-                refs[i].step()
-    for i in range(k):
-        for p, q in zip(params, alone[i]):
-            torch.testing.assert_close(p[i], q.detach(), rtol=1e-5, atol=1e-6)
+    check_batched_adamw_against_torch_adamw(dev)
     return f"max |grad difference| fp32 {max(worst[:3]):.1e}, bf16 activations {max(worst[3:]):.1e}"
 
 
@@ -145,46 +119,19 @@ def check_batched_training(tiny, dev):
     return f"max |adapter difference| {worst:.1e}"
 
 
-def _hf_greedy(eng, prompts, max_new, adapters):
-    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(eng.device)
-    with eng.lora.use(torch.tensor(adapters)):
-        gen = eng.model.generate(**enc, max_new_tokens=max_new, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, pad_token_id=eng.tokenizer.pad_token_id,
-                                 eos_token_id=sorted(eng.end_token_ids))
-    out = []
-    for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in eng.end_token_ids), len(row))
-        out.append(row[:cut])
-    return out
-
-
-def _random_adapters(eng, scale=0.05):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, m in eng.lora.modules:
-            b = m.lora_B[: eng.n_slots]
-            b.copy_((torch.randn(b.shape, generator=g) * scale).to(b.device, b.dtype))
-
-
-def _engine_greedy(eng, prompts, max_new, adapters):
-    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(eng.device)
-    return eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
-                       GenerationConfig(max_new_tokens=max_new, temperature=0.0), eng.end_token_ids)
-
-
 @check("greedy decoding (in-place cache, rows finishing early, adapters) == HF generate (tiny model, fp32)")
 def check_decode(tiny):
     eng = Engine(copy.deepcopy(tiny), n_slots=2)
-    _random_adapters(eng)
+    random_adapters(eng)
     adapters = [0, 1, 2, 0]
-    first = _hf_greedy(eng, PROMPTS, 12, adapters)
+    first = hf_greedy(eng, PROMPTS, 12, adapters)
     longest = max(range(len(first)), key=lambda i: len(first[i]))
     assert len(first[longest]) >= 4, f"greedy rows too short to pick an end token: {first}"
     eng.model.generation_config.eos_token_id = first[longest][3]  # a token greedy decoding emits: rows end early
-    expected = _hf_greedy(eng, PROMPTS, 12, adapters)
+    expected = hf_greedy(eng, PROMPTS, 12, adapters)
     lengths = sorted(len(x) for x in expected)
     assert lengths[0] < 12 and lengths[-1] == 12, f"rows should end at different steps: {lengths}"
-    got = _engine_greedy(eng, PROMPTS, 12, adapters)
+    got = engine_greedy(eng, PROMPTS, 12, adapters)
     assert got == expected, f"engine {got} != HF {expected}"
     texts, n = eng.generate(PROMPTS * 3, GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=0.9),
                             adapters=[0, 1, None] * 4, seed=5)
@@ -222,8 +169,8 @@ def check_embedded(dev, dtype):
     prompts = [f"Question {i}: who built the bridge over the river, and in which year? Answer:" for i in range(6)]
     prompts += ["Write three facts about rivers.", "The capital of France is", "Once upon a time"]
     adapters = [0, 1, 2] * 3
-    hf = _hf_greedy(eng, prompts, 24, adapters)
-    ours = _engine_greedy(eng, prompts, 24, adapters)
+    hf = hf_greedy(eng, prompts, 24, adapters)
+    ours = engine_greedy(eng, prompts, 24, adapters)
     same = sum(a == b for a, b in zip(hf, ours))
     prefix = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
                  for a, b in zip(hf, ours)) / sum(max(len(a), 1) for a in hf)

@@ -8,8 +8,10 @@ from seal_lm.engine import Engine, GenerationConfig, _pick_tokens
 PROMPTS = ["The river", "Seven bridges cross the river of the old town of Brask, and", "A", "Once upon a time in"]
 
 
+# hf_greedy, engine_greedy and random_adapters also serve benchmarks/device_check.py (on a GPU): keep them device-aware
+
 def hf_greedy(eng, prompts, max_new, adapters):
-    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(eng.device)
     with eng.lora.use(torch.tensor(adapters)):
         gen = eng.model.generate(**enc, max_new_tokens=max_new, do_sample=False, temperature=None, top_p=None,
                                  top_k=None, pad_token_id=eng.tokenizer.pad_token_id,
@@ -21,16 +23,23 @@ def hf_greedy(eng, prompts, max_new, adapters):
     return out
 
 
-def _random_adapters(eng):
+def engine_greedy(eng, prompts, max_new, adapters):
+    enc = eng.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(eng.device)
+    return eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
+                       GenerationConfig(max_new_tokens=max_new, temperature=0.0), eng.end_token_ids)
+
+
+def random_adapters(eng):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, m in eng.lora.modules:
-            m.lora_B[: eng.n_slots].copy_(torch.randn(m.lora_B[: eng.n_slots].shape, generator=g) * 0.05)
+            b = m.lora_B[: eng.n_slots]
+            b.copy_((torch.randn(b.shape, generator=g) * 0.05).to(b.device, b.dtype))
 
 
 def test_greedy_decode_equals_hf_generate_with_rows_finishing_early(tiny):
     eng = Engine(tiny, n_slots=2)
-    _random_adapters(eng)
+    random_adapters(eng)
     # make one token an end token that greedy decoding actually emits, so rows finish at different steps
     first = hf_greedy(eng, PROMPTS, 12, [0, 1, 2, 0])
     eos_pick = first[1][3]
@@ -38,9 +47,7 @@ def test_greedy_decode_equals_hf_generate_with_rows_finishing_early(tiny):
     expected = hf_greedy(eng, PROMPTS, 12, [0, 1, 2, 0])
     lengths = sorted(len(x) for x in expected)
     assert lengths[0] < 12 and lengths[-1] == 12, lengths  # some rows end early, others run to the limit
-    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
-    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor([0, 1, 2, 0]),
-                      GenerationConfig(max_new_tokens=12, temperature=0.0), eng.end_token_ids)
+    got = engine_greedy(eng, PROMPTS, 12, [0, 1, 2, 0])
     assert got == expected
 
 
@@ -74,14 +81,12 @@ def test_decode_respects_a_constraint(tiny, temperature):
 def test_greedy_decode_equals_hf_generate_with_rows_grouped_by_adapter(tiny):
     """generate() sorts rows by adapter, so decoding takes the per-adapter slice path (and compacts it)."""
     eng = Engine(tiny, n_slots=2)
-    _random_adapters(eng)
+    random_adapters(eng)
     adapters = [0, 0, 1, 2]
     first = hf_greedy(eng, PROMPTS, 10, adapters)
     eng.model.generation_config.eos_token_id = first[0][2]
     expected = hf_greedy(eng, PROMPTS, 10, adapters)
-    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
-    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
-                      GenerationConfig(max_new_tokens=10, temperature=0.0), eng.end_token_ids)
+    got = engine_greedy(eng, PROMPTS, 10, adapters)
     assert got == expected
 
 
@@ -121,7 +126,7 @@ def test_greedy_decode_applies_the_models_repetition_penalty_as_hf_generate(tiny
     """A generation_config's repetition_penalty (Qwen2.5-Instruct sets 1.05) changes greedy output; the
     engine's decoder must apply it exactly as HF generate does, rows finishing early and compaction included."""
     eng = Engine(tiny, n_slots=2)
-    _random_adapters(eng)
+    random_adapters(eng)
     adapters = [0, 1, 2, 0]
     plain = hf_greedy(eng, PROMPTS, 14, adapters)
     eng.model.generation_config.repetition_penalty = 3.0
@@ -130,9 +135,7 @@ def test_greedy_decode_applies_the_models_repetition_penalty_as_hf_generate(tiny
     eng.model.generation_config.eos_token_id = penalised[2][4]  # some rows end early: compaction is exercised
     expected = hf_greedy(eng, PROMPTS, 14, adapters)
     assert sorted(len(x) for x in expected)[0] < 14
-    enc = eng.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
-    got = eng._decode(enc["input_ids"], enc["attention_mask"], torch.tensor(adapters),
-                      GenerationConfig(max_new_tokens=14, temperature=0.0), eng.end_token_ids)
+    got = engine_greedy(eng, PROMPTS, 14, adapters)
     assert got == expected
 
 

@@ -140,14 +140,15 @@ def test_length_groups_are_the_cheapest_split():
     assert cost(got) == best
 
 
-def test_batched_adamw_equals_torch_adamw_per_adapter():
+def check_batched_adamw_against_torch_adamw(device="cpu"):
     """Per-adapter lr, step counts and activity (ARC recipes, adapters finishing early): each slice must
-    follow torch.optim.AdamW run on that adapter alone, skipping the steps where it was inactive."""
+    follow torch.optim.AdamW run on that adapter alone, skipping the steps where it was inactive.
+    (Also run on a GPU by benchmarks/device_check.py.)"""
     from seal_lm.lora import BatchedAdamW
 
     torch.manual_seed(0)
     k_n = 4
-    params = [torch.nn.Parameter(torch.randn(k_n, 3, 5)), torch.nn.Parameter(torch.randn(k_n, 7))]
+    params = [torch.nn.Parameter(torch.randn(k_n, 3, 5).to(device)), torch.nn.Parameter(torch.randn(k_n, 7).to(device))]
     alone = [[torch.nn.Parameter(p[k].detach().clone()) for p in params] for k in range(k_n)]
     lrs = torch.tensor([1e-2, 3e-3, 1e-2, 5e-2])
     opt = BatchedAdamW(params, k_n, weight_decay=0.1)
@@ -168,6 +169,10 @@ def test_batched_adamw_equals_torch_adamw_per_adapter():
     for k in range(k_n):
         for p, q in zip(params, alone[k]):
             torch.testing.assert_close(p[k], q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_batched_adamw_equals_torch_adamw_per_adapter():
+    check_batched_adamw_against_torch_adamw()
 
 
 def test_decoding_by_adapter_slices_equals_per_row_gather(tiny):
@@ -229,7 +234,7 @@ def test_clip_grad_norm_per_adapter_equals_clipping_each_adapter_alone():
         assert torch.equal(p.grad[2], b)
 
 
-def _reference_row_lora(x, y, lora_A, lora_B, index, scale):
+def reference_row_lora(x, y, lora_A, lora_B, index, scale):
     a = lora_A.index_select(0, index).to(x.dtype)
     b = lora_B.index_select(0, index).to(x.dtype)
     return torch.baddbmm(y, torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2), alpha=scale)
@@ -248,7 +253,7 @@ def test_row_lora_gradients_equal_autograd_and_accumulate_in_place():
                (torch.randn(2, 4, d_in, generator=g, dtype=torch.float64), torch.tensor([1, 1]))]
     grads = {}
     in_place = lambda *a: _RowLoRA.apply(*a, True)  # noqa: E731  (what Engine.train does)
-    for name, fn in (("ours", in_place), ("autograd", _reference_row_lora)):
+    for name, fn in (("ours", in_place), ("autograd", reference_row_lora)):
         A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
         xs_grads = []
         for x0, index in batches:
@@ -270,7 +275,7 @@ def test_row_lora_gradients_equal_autograd_and_accumulate_in_place():
     A.grad = torch.zeros_like(A)
     x0, index = batches[0]
     got = torch.autograd.grad(_RowLoRA.apply(x0, x0[..., :d_out], A, B, index, 2.0, False).sum(), [A, B])
-    want = torch.autograd.grad(_reference_row_lora(x0, x0[..., :d_out], A, B, index, 2.0).sum(), [A, B])
+    want = torch.autograd.grad(reference_row_lora(x0, x0[..., :d_out], A, B, index, 2.0).sum(), [A, B])
     torch.testing.assert_close(got, want)
     assert A.grad.abs().sum() == 0
 
