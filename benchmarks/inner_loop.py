@@ -499,7 +499,7 @@ def main(argv=None) -> int:
     lora_io = lora_in_out_sum(loaded.model, set(lcfg.target_modules))
     engine = Engine(loaded, n_slots=args.k, lora=lcfg)
     tcfg = TrainConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=1, compute_dtype=args.compute_dtype)
-    train_dtype = next(engine.training_model(tcfg.compute_dtype).parameters()).dtype
+    train_dtype = next(engine.compute_model(tcfg.compute_dtype).parameters()).dtype
     grade, GradeItem, grader_name = make_grader()
     log(f"grader: {grader_name}")
 

@@ -5,14 +5,16 @@ training sequence the round trained on (the recorded self-edits through the same
 prints per round:
 
     floor = (inner-loop training FLOPs + generator-SFT FLOPs) / measured matmul peak of the training dtype
-          + prompt prefill FLOPs / measured matmul peak of the model's dtype
-          + (self-edit tokens + answer tokens) / measured raw decode rate
+          + prompt prefill FLOPs / measured matmul peak of the decoding dtype
+          + (self-edit tokens + answer tokens) / measured raw decode rate in the decoding dtype
 
-(the training dtype is the run's train.compute_dtype: bf16 on a CPU with native bf16 matmuls, whose
-peak is ~4.6x fp32's, so the floor of such a run is far lower than an fp32 run's)
+(the training dtype is the run's train.compute_dtype, the decoding dtype its generation.compute_dtype:
+bf16 on a CPU with native bf16 matmuls, whose peak is ~4.6x fp32's, so the floor of such a run is far
+lower than an fp32 run's; a run whose config predates generation.compute_dtype gets its default, auto)
 
 with the FLOP accounting of benchmarks/inner_loop.py (useful FLOPs only: no padding, frozen base). Prefill
-is the forward pass over every prompt (self-edit prompts, answer prompts) before its first new token; the
+is the forward pass over every distinct prompt (a passage's self-edit prompt once: its k samples share it;
+every answer prompt of every adapter) before its first new token; the
 raw decode rate is measured with one-token cached forward steps at 64 rows (the fastest rate of this
 machine's decoders: HF at 64 rows beats llama.cpp's single stream, see RESULTS), whatever batch the run used.
 The last line is `round/floor: N.Nx` for the slowest round. Run it on an idle machine: the peak and the
@@ -71,8 +73,10 @@ def main(argv=None) -> int:
     engine = Engine(loaded, n_slots=1, lora=cfg.lora)
     model_dtype = next(loaded.model.parameters()).dtype
     train_dtype = resolve_compute_dtype(cfg.train.compute_dtype, model_dtype, dev)
-    peak = measure_peak(dev, model_dtype)["flops_per_s"]  # prefill runs in the model's dtype
-    train_peak = peak if train_dtype == model_dtype else measure_peak(dev, train_dtype)["flops_per_s"]
+    decode_dtype = resolve_compute_dtype(cfg.generation.compute_dtype, model_dtype, dev)
+    decoder = engine.compute_model(cfg.generation.compute_dtype)
+    peak = measure_peak(dev, decode_dtype)["flops_per_s"]  # prefill runs in the decoding dtype
+    train_peak = peak if train_dtype == decode_dtype else measure_peak(dev, train_dtype)["flops_per_s"]
     q_lens_of: dict[str, list[int]] = {}
 
     def question_lens(p) -> list[int]:
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
                 p = passages[parts[2]]
                 se_tokens += sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in rec["self_edits"])
                 se_prompt.append(len(tok(domain.self_edit_prompt(tok, p), add_special_tokens=False)["input_ids"]))
-                prefill += prefill_flops([se_prompt[-1]] * len(rec["self_edits"]), dims)
+                prefill += prefill_flops([se_prompt[-1]], dims)  # once: the k samples share the prompt
             elif parts[1] == "eval":
                 p = passages[parts[2]]
                 for a in rec.get("details", {}).get("answers", []):
@@ -124,16 +128,16 @@ def main(argv=None) -> int:
         sft_f = sft_flops(sft, dims, cfg.sft_lora.r, lora_in_out_sum(loaded.model, set(cfg.sft_lora.target_modules)),
                           cfg.sft.epochs)
         ctx = int(sum(se_prompt) / max(len(se_prompt), 1) + cfg.generation.max_new_tokens / 2)
-        rate_se = measure_decode_rate(loaded.model, 64, ctx, dev)
+        rate_se = measure_decode_rate(decoder, 64, ctx, dev)
         q_prompt = int(sum(len(tok(answer_prompt(tok, q.question), add_special_tokens=False)["input_ids"])
                            for p in passages.values() for q in p.questions[:2]) / (2 * len(passages)) + 16)
-        rate_ans = measure_decode_rate(loaded.model, 64, q_prompt, dev)
+        rate_ans = measure_decode_rate(decoder, 64, q_prompt, dev)
         floor = (inner + sft_f) / train_peak + prefill / peak + se_tokens / rate_se + ans_tokens / rate_ans
         wall = summary["seconds"]
         worst = max(worst, wall / floor)
         rows.append((rnd, n_evals, wall, floor, inner / train_peak, sft_f / train_peak, prefill / peak, se_tokens / rate_se,
                      ans_tokens / rate_ans))
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s ({model_dtype}: prefill), {train_peak / 1e9:.1f} GFLOP/s "
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s ({decode_dtype}: prefill), {train_peak / 1e9:.1f} GFLOP/s "
           f"({train_dtype}: inner training and SFT); torch threads {torch.get_num_threads()}")
     print("| round | evaluations | wall s | floor s | floor: inner train | SFT | prompt prefill | self-edit decode | answer decode | wall/floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")

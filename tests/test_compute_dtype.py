@@ -1,4 +1,4 @@
-"""Training passes in bf16 on a twin of the base weights, adapters and decoding in fp32."""
+"""Training passes and decoding in bf16 on a twin of the fp32 base weights, sharing the fp32 adapters."""
 
 import pytest
 import torch
@@ -40,7 +40,7 @@ def test_bf16_twin_trains_the_shared_fp32_adapters(tiny):
 
     mixed = Engine(tiny, n_slots=2)
     got = mixed.train(PLANS, TrainConfig(**cfg, compute_dtype="bfloat16"), progress=False)
-    twin = mixed.training_model("bfloat16")
+    twin = mixed.compute_model("bfloat16")
     assert twin is not mixed.model and next(twin.parameters()).dtype == torch.bfloat16
     assert next(mixed.model.parameters()).dtype == torch.float32  # the decoding model is untouched
     for (_, m), (_, t) in zip(mixed.lora.modules, mixed.lora.mirrors[0].items()):
@@ -76,3 +76,35 @@ def test_merge_and_restore_keep_the_twin_in_step(tiny):
     for name, m in eng.lora.modules:
         assert torch.equal(m.base.weight, saved[name])
         assert torch.equal(twin[name].base.weight, saved[name].to(torch.bfloat16))
+
+
+def test_generate_decodes_in_its_compute_dtype(tiny):
+    """generation.compute_dtype=bfloat16 on an fp32 model decodes on the bf16 twin (sharing the adapters): the
+    same tokens as the model cast to bf16 with the same adapters, and the fp32 model itself never runs."""
+    import copy
+
+    from seal_lm.engine import GenerationConfig
+    from seal_lm.models import LoadedModel
+    from test_decode import PROMPTS, random_adapters
+
+    with pytest.raises(ValueError, match="compute_dtype"):
+        GenerationConfig(compute_dtype="float16")
+    fp32 = Engine(copy.deepcopy(tiny), n_slots=2)
+    bf16 = Engine(LoadedModel(model=copy.deepcopy(tiny.model).to(torch.bfloat16), tokenizer=tiny.tokenizer,
+                              name=tiny.name), n_slots=2)
+    for eng in (fp32, bf16):
+        random_adapters(eng)
+    adapters = [0, 1, None, 0]
+    assert fp32.compute_model("bfloat16") is not fp32.model  # made before the hook below, which a copy would copy
+    calls = []
+    fp32.model.get_input_embeddings().register_forward_hook(lambda m, i, o: calls.append(o.dtype))
+
+    def greedy(eng, dtype):
+        cfg = GenerationConfig(max_new_tokens=10, temperature=0.0, compute_dtype=dtype)
+        return eng.generate(PROMPTS, cfg, adapters=adapters)[0]
+
+    want = greedy(bf16, "auto")  # a bf16 model decodes in its own dtype
+    got = greedy(fp32, "bfloat16")
+    assert got == want and not calls
+    greedy(fp32, "float32")
+    assert calls and set(calls) == {torch.float32}

@@ -90,6 +90,30 @@ def test_greedy_decode_equals_hf_generate_with_rows_grouped_by_adapter(tiny):
     assert got == expected
 
 
+def test_repeated_prompts_share_one_prefill_and_decode_as_hf_generate(tiny):
+    """The k samples of one context are the same prompt: its prefill runs once and its KV cache is copied."""
+    eng = Engine(tiny, n_slots=3)
+    random_adapters(eng)
+    prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    adapters = [0, 0, 1, 2, 1, 1]  # distinct (prompt, adapter) pairs: 4 of 6 rows
+    first = hf_greedy(eng, prompts, 10, adapters)
+    eng.model.generation_config.eos_token_id = first[2][3]  # rows end at different steps
+    expected = hf_greedy(eng, prompts, 10, adapters)
+    batch_sizes = []
+    hook = eng.model.get_input_embeddings().register_forward_hook(lambda m, i, o: batch_sizes.append(o.shape[0]))
+    try:
+        got = engine_greedy(eng, prompts, 10, adapters)
+    finally:
+        hook.remove()
+    assert got == expected
+    assert batch_sizes[0] == 4 and batch_sizes[1] == 6, batch_sizes
+    # sampled: the copies draw their own tokens, and a rerun with the same seed draws the same ones
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    texts, _ = eng.generate([PROMPTS[1]] * 4, cfg, seed=5)
+    assert len(set(texts)) > 1, texts
+    assert eng.generate([PROMPTS[1]] * 4, cfg, seed=5)[0] == texts
+
+
 def test_append_layer_grows_its_buffer_and_selects_rows():
     from seal_lm.engine import _AppendLayer
 

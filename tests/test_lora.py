@@ -1,5 +1,6 @@
 """Batched multi-adapter LoRA: equal to one-by-one training, equal to peft, and resettable."""
 
+import pytest
 import torch
 
 from seal_lm.engine import Engine, GenerationConfig, TrainConfig, TrainPlan
@@ -203,6 +204,42 @@ def test_decoding_by_adapter_slices_equals_per_row_gather(tiny):
         for row, k in enumerate(index):
             torch.testing.assert_close(out[row], alone[k], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(alone[0], alone[base])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_token_decoding_steps_apply_all_adapters_at_once(tiny, dtype):
+    """Inside lora.decoding(), a one-token no-grad step runs every adapter with two matmuls over stacked
+    weights and a row mask; each row must still get exactly its own adapter (any order, base rows, a
+    single index for the whole batch), and nothing changes outside the block or for longer inputs."""
+    import copy
+
+    engine = Engine(copy.deepcopy(tiny), n_slots=3, lora=LoRAConfig(r=4, alpha=8))
+    engine.model.to(dtype)
+    with torch.no_grad():
+        for _, m in engine.lora.modules:
+            m.lora_B[:3].normal_(0, 0.05)
+    base = engine.base_slot
+    m = engine.lora.modules[0][1]
+    x = torch.randn(6, 1, m.base.in_features, dtype=dtype)
+    index = [2, base, 0, 2, 1, 0]
+    with torch.no_grad():
+        with engine.lora.use(index):
+            want = m(x)  # the per-row gather
+        with engine.lora.decoding([0, 1, 2, base]):
+            assert engine.lora.decode_slots == [0, 1, 2]  # the all-zero base slot is left out
+            with engine.lora.use(index):
+                got = m(x)
+                assert engine.lora.decode_mask.shape == (6, 12)
+                # a prompt (more than one token) still takes the regular path
+                torch.testing.assert_close(m(x.expand(6, 3, -1).contiguous())[:, 2:], want)
+            with engine.lora.use(1):
+                one = m(x)
+            with engine.lora.use([1] * 6):
+                torch.testing.assert_close(one, m(x))
+        assert engine.lora.decode_mask is None and engine.lora.decode_slots == []
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, **tol)
+    assert not torch.allclose(got[0].float(), m.base(x)[0].float())  # the adapters did something
 
 
 def test_clip_grad_norm_per_adapter_equals_clipping_each_adapter_alone():

@@ -48,8 +48,8 @@ class TrainConfig:
     """Dtype of the training forward/backward: auto, float32 or bfloat16. auto = bfloat16 for an fp32
     model on a CPU with native bf16 matmuls (AVX512-BF16 or AMX: 4.6x the fp32 matmul peak on the 2-core
     EPYC of docs/RESULTS.md), else the model's own dtype. When it differs from the model's dtype, a copy
-    of the frozen base weights in this dtype runs the training passes; adapters, optimizer state,
-    sampling and answering stay in the model's dtype."""
+    of the frozen base weights in this dtype runs the training passes; adapters and optimizer state stay
+    in fp32. Decoding has its own setting, GenerationConfig.compute_dtype."""
 
     def __post_init__(self):
         if self.compute_dtype != "auto" and DTYPES.get(self.compute_dtype) not in (torch.float32, torch.bfloat16):
@@ -68,6 +68,15 @@ class GenerationConfig:
     backend: str = "hf"
     """Self-edit sampling backend: hf (this engine) or vllm (GPU, `pip install vllm`; see vllm_sampler.py).
     Decoding with trained adapters (answers) always uses this engine."""
+    compute_dtype: str = "auto"
+    """Dtype of decoding in this engine: auto, float32 or bfloat16, chosen as TrainConfig.compute_dtype
+    (auto = bfloat16 for an fp32 model on a CPU with native bf16 matmuls, through the same bf16 copy of
+    the base weights that runs the training passes; else the model's dtype). On the 2-core EPYC of
+    docs/RESULTS.md bf16 decodes 1.6-2x faster; the paper decodes in bf16 too (vLLM on GPUs)."""
+
+    def __post_init__(self):
+        if self.compute_dtype != "auto" and DTYPES.get(self.compute_dtype) not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"generation.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
 
 
 @dataclass
@@ -151,9 +160,9 @@ class Engine:
                 and getattr(model.config, "_attn_implementation", None) == "sdpa":
             model.set_attn_implementation(_CPU_BF16_SDPA)
 
-    def training_model(self, compute_dtype: str = "auto") -> torch.nn.Module:
-        """The model that runs training passes: this one, or (made once) a copy of its frozen weights in
-        the compute dtype that shares the adapters (see TrainConfig.compute_dtype)."""
+    def compute_model(self, compute_dtype: str = "auto") -> torch.nn.Module:
+        """The model that runs training passes or decodes: this one, or (made once) a copy of its frozen
+        weights in the compute dtype that shares the adapters (TrainConfig / GenerationConfig.compute_dtype)."""
         model_dtype = next(self.model.parameters()).dtype
         dtype = resolve_compute_dtype(compute_dtype, model_dtype, self.device)
         if dtype == model_dtype:
@@ -219,7 +228,7 @@ class Engine:
         n_steps = max((len(s) for s in schedules), default=0)
         pad = self.tokenizer.pad_token_id
         dev = self.device
-        model = self.training_model(cfg.compute_dtype)
+        model = self.compute_model(cfg.compute_dtype)
         # A CPU computes every padded token, so rows of very different lengths run as separate passes.
         # A GPU running a small model is bound by kernel launches, not FLOPs: each extra pass costs far
         # more than the padding it saves (measured on an H100, see docs/RESULTS.md), so one pass per step.
@@ -299,7 +308,9 @@ class Engine:
         a label (the vocabulary projection is ~20% of a small model's FLOPs; padding and prompt
         positions would waste it)."""
         decoder = getattr(model, model.base_model_prefix)
-        hidden = decoder(input_ids=input_ids, attention_mask=attn).last_hidden_state
+        # use_cache=False: by default (config.use_cache) the decoder would also build a KV cache and copy
+        # every layer's keys and values into it, for a training pass that never decodes.
+        hidden = decoder(input_ids=input_ids, attention_mask=attn, use_cache=False).last_hidden_state
         shift_labels = labels[:, 1:]
         mask = shift_labels != -100
         h = hidden[:, :-1][mask]
@@ -347,6 +358,7 @@ class Engine:
         out: list[str] = [""] * len(prompts)
         n_tokens = 0
         eos_ids = self.end_token_ids
+        model = self.compute_model(cfg.compute_dtype)
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         # Within a batch (padded to its longest prompt anyway) rows go by adapter, so each adapter's rows
         # form one slice and the LoRA runs once per adapter instead of gathering weights per row.
@@ -359,7 +371,7 @@ class Engine:
             index = None if all(a is None for a in rows) else torch.tensor(
                 [a if a is not None else self.base_slot for a in rows], dtype=torch.long)
             torch.manual_seed(seed * 1_000_003 + b)
-            new = self._decode(enc["input_ids"], enc["attention_mask"], index, cfg, eos_ids, constraint)
+            new = self._decode(enc["input_ids"], enc["attention_mask"], index, cfg, eos_ids, constraint, model)
             for row, i in enumerate(batch):
                 n_tokens += len(new[row])
                 out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
@@ -367,7 +379,7 @@ class Engine:
 
     @torch.no_grad()
     def _decode(self, input_ids, attention_mask, index, cfg: GenerationConfig, eos_ids: set[int],
-                constraint: "TokenTrie | None" = None) -> list[list[int]]:
+                constraint: "TokenTrie | None" = None, model: torch.nn.Module | None = None) -> list[list[int]]:
         """New tokens of each (left-padded) row, end token excluded. What HF `generate` does for greedy
         and temperature/top-p sampling, minus three costs that dominate on a CPU (measured: a profiled
         self-edit sampling call (16 rows) spent ~10% of its time in the KV cache's torch.cat, ~5% in
@@ -376,8 +388,8 @@ class Engine:
         leave the batch (the cache is compacted once a quarter of the rows are done). The model's own
         generation_config contributes its top_k and repetition_penalty, as in `generate` (e.g. Qwen2.5-Instruct
         sets 1.05); other logits processors a generation_config may ask for are not applied, with a warning."""
-        model = self.model
-        gen_cfg = model.generation_config
+        model = model if model is not None else self.model
+        gen_cfg = self.model.generation_config  # the model's own settings (a bf16 twin holds a copy made once)
         top_k = getattr(gen_cfg, "top_k", None) if gen_cfg is not None else None
         penalty = getattr(gen_cfg, "repetition_penalty", None) if gen_cfg is not None else None
         penalty = penalty if penalty and penalty != 1.0 else None
@@ -396,44 +408,69 @@ class Engine:
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         ids = input_ids
         end = torch.tensor(sorted(eos_ids), device=ids.device, dtype=torch.long)
-        for step in range(cfg.max_new_tokens):
-            with self.lora.use(None if index is None else index[live]):
-                logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{cache_kw: cache},
-                               use_cache=True, logits_to_keep=1).logits[:, -1].float()
-            if penalty is not None:  # HF's RepetitionPenaltyLogitsProcessor
-                score = logits.gather(1, seen)
-                logits.scatter_(1, seen, torch.where(score < 0, score * penalty, score / penalty))
-            if constraint is not None:
-                allowed = torch.full_like(logits, float("-inf"))
-                for r, row in enumerate(live):
-                    allowed[r, constraint.allowed(out[row])] = 0.0
-                logits = logits + allowed
-            nxt = _pick_tokens(logits, cfg.temperature, cfg.top_p, top_k)
-            if seen is not None:
-                seen = torch.cat([seen, nxt.unsqueeze(1)], dim=1)
-            ended = torch.isin(nxt, end).tolist()
-            for r, (row, t) in enumerate(zip(live, nxt.tolist())):
-                if done[r]:
-                    continue
-                if ended[r]:
-                    done[r] = True
+        # Rows that repeat an earlier row (same prompt and adapter: the k samples of one context) share its
+        # prefill: the prompt runs once, then its KV cache and last logits are copied to the repeats.
+        distinct: dict[tuple, int] = {}
+        firsts, copy_of = [], []  # first row of each distinct prompt; each row's distinct prompt
+        for i, r in enumerate(torch.cat([input_ids, attn], 1).tolist()):
+            key = (tuple(r), None if index is None else int(index[i]))
+            if key not in distinct:
+                distinct[key] = len(firsts)
+                firsts.append(i)
+            copy_of.append(distinct[key])
+        # The prompt's last position as an index tensor, not logits_to_keep=1: the slice [:, -1:] of a longer
+        # prompt is a strided view, which the LM head's matmul turned into a batched matmul over N copies of
+        # the [vocab, hidden] weight (measured with the fp32-training attention on a bf16 model: 2.9 s of a
+        # 48-row prefill that takes 0.8 s this way); indexing gives a contiguous [N, 1, hidden] input.
+        last = torch.tensor([ids.shape[1] - 1], device=ids.device)
+        with self.lora.decoding([] if index is None else index.tolist()):
+            for step in range(cfg.max_new_tokens):
+                if step == 0 and len(firsts) < n:
+                    sel = torch.tensor(firsts, device=ids.device)
+                    with self.lora.use(None if index is None else index[firsts]):
+                        logits = model(input_ids=ids[sel], attention_mask=attn[sel], position_ids=pos[sel],
+                                       **{cache_kw: cache}, use_cache=True, logits_to_keep=last).logits[:, -1].float()
+                    expand = torch.tensor(copy_of, device=ids.device)
+                    cache.batch_select_indices(expand)
+                    logits = logits[expand]
                 else:
-                    out[row].append(t)
-            n_done = sum(done)
-            if n_done == len(live) or step == cfg.max_new_tokens - 1:
-                break
-            if 4 * n_done >= len(live):  # compact: the finished rows' decoding steps cost as much as live ones
-                keep = [r for r in range(len(live)) if not done[r]]
-                sel = torch.tensor(keep, device=ids.device)
-                cache.batch_select_indices(sel)
-                live, done = [live[r] for r in keep], [False] * len(keep)
-                attn, pos, nxt = attn[sel], pos[sel], nxt[sel]
+                    with self.lora.use(None if index is None else index[live]):
+                        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{cache_kw: cache},
+                                       use_cache=True, logits_to_keep=last if step == 0 else 1).logits[:, -1].float()
+                if penalty is not None:  # HF's RepetitionPenaltyLogitsProcessor
+                    score = logits.gather(1, seen)
+                    logits.scatter_(1, seen, torch.where(score < 0, score * penalty, score / penalty))
+                if constraint is not None:
+                    allowed = torch.full_like(logits, float("-inf"))
+                    for r, row in enumerate(live):
+                        allowed[r, constraint.allowed(out[row])] = 0.0
+                    logits = logits + allowed
+                nxt = _pick_tokens(logits, cfg.temperature, cfg.top_p, top_k)
                 if seen is not None:
-                    seen = seen[sel]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-            pos = pos[:, -1:] + 1
-            ids = nxt.unsqueeze(1)
-        return out
+                    seen = torch.cat([seen, nxt.unsqueeze(1)], dim=1)
+                ended = torch.isin(nxt, end).tolist()
+                for r, (row, t) in enumerate(zip(live, nxt.tolist())):
+                    if done[r]:
+                        continue
+                    if ended[r]:
+                        done[r] = True
+                    else:
+                        out[row].append(t)
+                n_done = sum(done)
+                if n_done == len(live) or step == cfg.max_new_tokens - 1:
+                    break
+                if 4 * n_done >= len(live):  # compact: the finished rows' decoding steps cost as much as live ones
+                    keep = [r for r in range(len(live)) if not done[r]]
+                    sel = torch.tensor(keep, device=ids.device)
+                    cache.batch_select_indices(sel)
+                    live, done = [live[r] for r in keep], [False] * len(keep)
+                    attn, pos, nxt = attn[sel], pos[sel], nxt[sel]
+                    if seen is not None:
+                        seen = seen[sel]
+                attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+                pos = pos[:, -1:] + 1
+                ids = nxt.unsqueeze(1)
+            return out
 
 
 # generation_config fields (with their inactive values) whose logits processors `Engine._decode` does not implement

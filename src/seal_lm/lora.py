@@ -68,6 +68,16 @@ class MultiLoRALinear(nn.Module):
         index = owner.active_index
         if index is None:
             return y
+        if owner.decode_mask is not None and x.dim() == 3 and x.shape[1] == 1 and not torch.is_grad_enabled():
+            # One decoding step (inside MultiLoRA.decoding): every adapter at once, h = x [A_1; ...; A_U]^T,
+            # masked to each row's own adapter (scale on its r columns, 0 elsewhere), then y += h [B_1 ... B_U]^T.
+            # Two matmuls per linear whatever the number of adapters, where per-adapter slices cost ~4 small
+            # ops per adapter and a per-row gather copies every row's A and B at every step; the extra FLOPs
+            # (all adapters for every row) are negligible at one token per row.
+            a_cat, b_cat = owner.decode_weights(self, x.dtype)
+            h = (x[:, 0] @ a_cat.t()).mul_(owner.decode_mask.to(x.dtype))
+            y[:, 0].addmm_(h, b_cat)
+            return y
         if not torch.is_grad_enabled() and owner.segments is not None and x.dim() == 3 and x.device.type == "cpu":
             # Inference (decoding answers) on a CPU: rows come sorted by adapter, so each adapter's rows
             # are one slice; a gather would copy every row's A and B at every decoding step (measured:
@@ -146,6 +156,9 @@ class MultiLoRA:
         self.noop_slots: set[int] = set()  # slots known to be all-zero (B = 0): skipped when decoding
         self.stacked: list[int] = []  # slots added to every row, on top of the per-row adapter
         self.grads_in_place = False  # backward adds adapter gradients into .grad directly (Engine.train only)
+        self.decode_slots: list[int] = []  # adapters of the current decoding() call
+        self.decode_mask: torch.Tensor | None = None  # [rows, len(decode_slots) * r], set by use() while decoding
+        self._decode_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.modules: list[tuple[str, MultiLoRALinear]] = []
         self.mirrors: list[dict[str, MultiLoRALinear]] = []  # wrappers of copies made by mirror()
         for p in model.parameters():
@@ -196,10 +209,41 @@ class MultiLoRA:
         dev = self.modules[0][1].lora_A.device
         self.active_index = index.to(dev) if index is not None else None
         self.segments = _segments(index.tolist(), self.noop_slots) if index is not None else None
+        prev_mask = self.decode_mask
+        if index is not None and self.decode_slots:
+            pos = {s: i for i, s in enumerate(self.decode_slots)}
+            row_pos = torch.tensor([pos.get(k, -1) for k in index.tolist()], device=dev)
+            col_pos = torch.arange(len(self.decode_slots) * self.cfg.r, device=dev) // self.cfg.r
+            # one row per batch row (one index for the whole batch: a [1, U*r] mask, broadcast)
+            self.decode_mask = (row_pos[:, None] == col_pos[None, :]).float() * self.cfg.scale
         try:
             yield
         finally:
             self.active_index, self.segments = prev
+            self.decode_mask = prev_mask
+
+    @contextmanager
+    def decoding(self, slots: list[int]):
+        """While decoding with adapters `slots` (their weights unchanged meanwhile), one-token steps apply all
+        of them with two matmuls per wrapped linear (MultiLoRALinear.forward), over the slots' A and B
+        concatenated once here (the copies live until the block ends)."""
+        prev = self.decode_slots, self._decode_weights
+        self.decode_slots = sorted({int(s) for s in slots} - self.noop_slots)
+        self._decode_weights = {}
+        try:
+            yield
+        finally:
+            self.decode_slots, self._decode_weights = prev
+
+    def decode_weights(self, m: "MultiLoRALinear", dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[U*r, in] and [U*r, out]: the decoding slots' A and B^T of wrapper `m`, stacked, in `dtype`."""
+        w = self._decode_weights.get(id(m))
+        if w is None:
+            s = self.decode_slots
+            w = (m.lora_A.detach()[s].reshape(len(s) * self.cfg.r, -1).to(dtype),
+                 m.lora_B.detach()[s].transpose(1, 2).reshape(len(s) * self.cfg.r, -1).to(dtype))
+            self._decode_weights[id(m)] = w
+        return w
 
     def adapter_state(self, k: int) -> dict[str, torch.Tensor]:
         """Adapter k in peft's key layout (`base_model.model.<module>.lora_A.weight`)."""

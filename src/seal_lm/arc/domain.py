@@ -72,6 +72,8 @@ class ArcDomain:
     """Appended to every TTT answer (the tokenizer's EOS), so an adapted model stops after the grid."""
     answer_batch_size: int = 32
     """Rows per batch of the greedy answer decode."""
+    answer_compute_dtype: str = "auto"
+    """Dtype of the answer decode (GenerationConfig.compute_dtype; runs pass their generation's)."""
     recipe_format: str = "constrained"
     """constrained: recipes are sampled only among valid ones (recipe.recipe_choices); free: free text
     parsed as JSON (the paper; a 135M model rarely writes it validly)."""
@@ -134,7 +136,8 @@ class ArcDomain:
                     owners.append((i, t, v))
         # One decode for every view of every task: max_new_tokens is the largest task's bound.
         cfg = GenerationConfig(max_new_tokens=max((answer_token_bound(c) for c in contexts), default=16),
-                               temperature=0.0, batch_size=self.answer_batch_size)
+                               temperature=0.0, batch_size=self.answer_batch_size,
+                               compute_dtype=self.answer_compute_dtype)
         t0 = time.perf_counter()
         texts, _ = engine.generate(prompts, cfg, adapters=adapters) if prompts else ([], 0)
         answer_s = time.perf_counter() - t0

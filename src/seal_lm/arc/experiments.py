@@ -56,7 +56,8 @@ def make_domain(cfg: ArcEvalConfig | ArcTrainConfig, eos_text: str = "") -> ArcD
     return ArcDomain(n_views=cfg.n_views, max_examples=cfg.max_examples, max_epoch_examples=cfg.max_epoch_examples,
                      leave_out=tuple(cfg.leave_out), n_color_perms=cfg.n_color_perms,
                      max_seq_chars=cfg.train.max_seq_len, prompt_demos=cfg.prompt_demos, eos_text=eos_text,
-                     answer_batch_size=cfg.answer_batch_size, recipe_format=cfg.recipe_format,
+                     answer_batch_size=cfg.answer_batch_size, answer_compute_dtype=cfg.generation.compute_dtype,
+                     recipe_format=cfg.recipe_format,
                      recipe_learning_rates=tuple(cfg.recipe_learning_rates), recipe_epochs=tuple(cfg.recipe_epochs))
 
 

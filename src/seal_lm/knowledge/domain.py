@@ -57,10 +57,12 @@ class KnowledgeDomain:
         """The domain of any knowledge command's config (eval, cpt, train, continual share these fields);
         the judge's verdict cache lives in the run directory."""
         template = getattr(cfg, "template", None)
+        gen = getattr(cfg, "generation", None)  # answers decode in the dtype the self-edits are sampled in
         return cls(
             style=cfg.style, template=load_user_template(template) if template else None,
             max_sequences=cfg.max_sequences,
-            answer=GenerationConfig(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64),
+            answer=GenerationConfig(max_new_tokens=cfg.answer_tokens, temperature=0.0, batch_size=64,
+                                    compute_dtype=gen.compute_dtype if gen is not None else "auto"),
             judge_url=cfg.judge_url, judge_model=cfg.judge_model, judge_key_env=cfg.judge_key_env,
             judge_cache=str(run_path / "judge_cache.jsonl") if cfg.judge_url else None,
         )
