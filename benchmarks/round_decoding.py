@@ -18,6 +18,7 @@ Run it on an idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
@@ -48,11 +49,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="rows per sampling call")
     ap.add_argument("--part", choices=["sampling", "answering", "both"], default="both")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-stacked-decode", action="store_true",
+                    help="one-token decoding steps take each adapter's rows as a slice (the path before "
+                         "MultiLoRA.decoding), for an A/B in one checkout")
     ap.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="generation.compute_dtype of both parts (the model itself loads in fp32)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_stacked_decode:
+        from seal_lm.lora import MultiLoRA
+
+        MultiLoRA.decoding = contextlib.contextmanager(lambda self, slots: (yield))
     loaded = load_model(EMBEDDED, device="cpu", dtype=torch.float32)
     tok = loaded.tokenizer
     engine = Engine(loaded, n_slots=args.slots)
