@@ -7,6 +7,9 @@ on the same self-edit prompts for:
 
   hf dynamic  b=1 / b=B   transformers `generate`, default DynamicCache (what Engine.generate uses)
   hf static   b=1 / b=B   `cache_implementation="static"` (preallocated cache; no torch.compile on CPU)
+  engine      b=B         seal-lm's own decoder (`Engine._decode`: in-place KV cache, one prefill per distinct
+                          prompt) in fp32 and in bf16 (the bf16 twin, generation.compute_dtype auto on a CPU
+                          with native bf16 matmuls)
   llama.cpp   b=1         llama-cpp-python on the embedded Q4_1 GGUF itself (if installed)
 
 Every run generates exactly N new tokens per row (EOS suppressed), so rates compare like for like.
@@ -41,6 +44,22 @@ def hf_rate(model, tok, prompts: list[str], new: int, static: bool) -> float:
     out = model.generate(**enc, **kw)
     dt = time.perf_counter() - t0
     return (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts) / dt
+
+
+def engine_rate(engine, prompts: list[str], new: int, dtype: str) -> float:
+    from seal_lm.engine import GenerationConfig
+
+    tok = engine.tokenizer
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    cfg = GenerationConfig(max_new_tokens=new, temperature=1.0, top_p=0.95, compute_dtype=dtype)
+    model = engine.compute_model(dtype)
+    torch.manual_seed(0)
+    # no end tokens: every row generates exactly `new` tokens, like the other modes
+    engine._decode(enc["input_ids"], enc["attention_mask"], None, GenerationConfig(max_new_tokens=4), set(), model=model)
+    t0 = time.perf_counter()
+    out = engine._decode(enc["input_ids"], enc["attention_mask"], None, cfg, set(), model=model)
+    dt = time.perf_counter() - t0
+    return sum(len(o) for o in out) / dt
 
 
 def llama_cpp_rate(prompt: str, new: int, threads: int) -> float | None:
@@ -85,6 +104,14 @@ def main(argv=None) -> int:
                 continue
             rows.append((name, r))
             print(f"{name}: {r:.1f} tokens/s", flush=True)
+    from seal_lm.engine import Engine
+
+    engine = Engine(loaded, n_slots=1)
+    for dtype in ("float32", "bfloat16"):
+        name = f"engine {dtype} b={args.batch}"
+        r = engine_rate(engine, prompts[: args.batch], args.new_tokens, dtype)
+        rows.append((name, r))
+        print(f"{name}: {r:.1f} tokens/s", flush=True)
     r = llama_cpp_rate(prompts[0], args.new_tokens, threads)
     if r is None:
         print("llama.cpp b=1: llama-cpp-python not installed (pip install llama-cpp-python builds it, ~5 min)")

@@ -49,7 +49,8 @@ its MFU below is "useful MFU": the same useful FLOPs over its own (longer) time.
 
 Compute floor per evaluation = training FLOPs / peak  +  generated tokens / measured decode rate,
 where the decode rate is the raw throughput of the base model's cached one-token forward steps at
-the batch size (and context length) each generate call used, without HF generate's loop overhead.
+the batch size (and context length) each generate call used, without HF generate's loop overhead, in
+the dtype ours decodes in (generation.compute_dtype auto: the bf16 twin on a CPU with native bf16).
 
 Run:  python benchmarks/inner_loop.py --passages 2 --k 5 --epochs 10 --ref-evals 2
 On a CPU shared with other busy processes, set OMP_WAIT_POLICY=PASSIVE (or --threads 1): spinning
@@ -550,11 +551,12 @@ def main(argv=None) -> int:
     ans_prompt_tokens = statistics.fmean(
         len(engine.tokenizer(answer_prompt(engine.tokenizer, q.question), add_special_tokens=False)["input_ids"])
         for p in passages for q in p.questions)
-    rate_ans = measure_decode_rate(engine.model, min(ans_rows, 64), int(ans_prompt_tokens + args.answer_tokens / 2), device)
+    decoder = engine.compute_model(se_cfg.compute_dtype)  # ours decodes (samples and answers) in this dtype
+    rate_ans = measure_decode_rate(decoder, min(ans_rows, 64), int(ans_prompt_tokens + args.answer_tokens / 2), device)
     floor_decode = sum(pp["answer_tokens"] for pp in per_passage) / rate_ans
     rate_se = None
     if gen_tokens:
-        rate_se = measure_decode_rate(engine.model, min(P * K, se_cfg.batch_size),
+        rate_se = measure_decode_rate(decoder, min(P * K, se_cfg.batch_size),
                                       int(se_prompt_tokens + args.max_new_tokens / 2), device)
         floor_decode += gen_tokens / rate_se
     floor_train = o_flops / peak["flops_per_s"]

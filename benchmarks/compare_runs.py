@@ -1,0 +1,79 @@
+"""Rewards of two `seal knowledge train` runs of the same self-edits, evaluation by evaluation.
+
+For runs that share their self-edits (the second's sampling units copied from the first, or the same
+sampling code and seeds), pairs every evaluation unit of a round by its key and prints: the no-update
+baseline and mean reward of each run, how many rewards are equal, their Pearson correlation, how many
+passages pick the same top-1 self-edit, and a paired bootstrap 95% CI of the mean reward difference
+(b - a), resampling passages. Use it to check that a change meant to be speed-only (a dtype, a kernel) costs no reward.
+
+    python benchmarks/compare_runs.py runs/rl9 runs/rl11-same [--round 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seal_lm.stats import bootstrap_ci
+
+
+def eval_units(run: Path, rnd: int) -> dict[str, dict]:
+    units = {}
+    for line in (run / "units.jsonl").read_text().splitlines():
+        try:
+            u = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if u.get("unit", "").startswith(f"r{rnd}/eval/"):
+            units[u["unit"]] = u
+    return units
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sx = sum((a - mx) ** 2 for a in x) ** 0.5
+    sy = sum((b - my) ** 2 for b in y) ** 0.5
+    return sxy / (sx * sy) if sx and sy else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--round", type=int, default=1)
+    args = ap.parse_args(argv)
+    ua, ub = eval_units(args.a, args.round), eval_units(args.b, args.round)
+    keys = sorted(set(ua) & set(ub))
+    if not keys:
+        raise SystemExit(f"no r{args.round}/eval/* unit in both runs")
+    score = lambda u: float(u.get("score") or 0.0)  # noqa: E731 (invalid self-edits score 0, as in selection)
+    base = [k for k in keys if k.split("/")[3] == "base"]
+    upd = [k for k in keys if k.split("/")[3] != "base"]
+    sa, sb = [score(ua[k]) for k in upd], [score(ub[k]) for k in upd]
+    print(f"{len(upd)} paired evaluations, {len(base)} baselines (only in a: {len(set(ua) - set(ub))}, "
+          f"only in b: {len(set(ub) - set(ua))})")
+    for name, u in ((args.a, ua), (args.b, ub)):
+        mb = sum(score(u[k]) for k in base) / max(len(base), 1)
+        mu = sum(score(u[k]) for k in upd) / max(len(upd), 1)
+        print(f"{name}: baseline {mb:.3f}, mean reward {mu:.3f}")
+    same = sum(1 for x, y in zip(sa, sb) if abs(x - y) < 1e-9)
+    print(f"equal rewards: {same}/{len(upd)}; Pearson {pearson(sa, sb):.2f}")
+    by_passage: dict[str, list[str]] = {}
+    for k in upd:
+        by_passage.setdefault(k.split("/")[2], []).append(k)
+    top = sum(1 for ks in by_passage.values()
+              if max(ks, key=lambda k: (score(ua[k]), k)) == max(ks, key=lambda k: (score(ub[k]), k)))
+    print(f"same top-1 pick: {top}/{len(by_passage)} passages")
+    # resampled by passage: a passage's evaluations share its questions, so they are not independent
+    diffs = [sum(score(ub[k]) - score(ua[k]) for k in ks) / len(ks) for ks in by_passage.values()]
+    ci = bootstrap_ci(diffs)
+    print(f"mean reward difference (b - a): {ci.mean:+.3f}, 95% CI over passages [{ci.low:+.3f}, {ci.high:+.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
