@@ -108,3 +108,18 @@ def test_generate_decodes_in_its_compute_dtype(tiny):
     assert got == want and not calls
     greedy(fp32, "float32")
     assert calls and set(calls) == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_answers_decode_in_the_runs_generation_dtype(tmp_path, dtype):
+    """A run's answers (knowledge and ARC) follow its generation.compute_dtype, like its self-edit sampling."""
+    from seal_lm.arc.arc_config import ArcEvalConfig
+    from seal_lm.arc.experiments import make_domain
+    from seal_lm.engine import GenerationConfig
+    from seal_lm.knowledge.domain import KnowledgeDomain
+    from seal_lm.knowledge.eval_config import KnowledgeEvalConfig
+
+    kcfg = KnowledgeEvalConfig(generation=GenerationConfig(compute_dtype=dtype))
+    assert KnowledgeDomain.from_config(kcfg, tmp_path).answer.compute_dtype == dtype
+    acfg = ArcEvalConfig(generation=GenerationConfig(compute_dtype=dtype))
+    assert make_domain(acfg).answer_compute_dtype == dtype

@@ -210,16 +210,21 @@ def test_decoding_by_adapter_slices_equals_per_row_gather(tiny):
 def test_one_token_decoding_steps_apply_all_adapters_at_once(tiny, dtype):
     """Inside lora.decoding(), a one-token no-grad step runs every adapter with two matmuls over stacked
     weights and a row mask; each row must still get exactly its own adapter (any order, base rows, a
-    single index for the whole batch), and nothing changes outside the block or for longer inputs."""
+    single index for the whole batch), and nothing changes outside the block or for longer inputs. In bf16
+    the wrapper is the bf16 twin's, whose fp32 adapters are shared with the fp32 model (as in decoding)."""
     import copy
 
     engine = Engine(copy.deepcopy(tiny), n_slots=3, lora=LoRAConfig(r=4, alpha=8))
-    engine.model.to(dtype)
     with torch.no_grad():
         for _, m in engine.lora.modules:
             m.lora_B[:3].normal_(0, 0.05)
     base = engine.base_slot
+    name = engine.lora.modules[0][0]
     m = engine.lora.modules[0][1]
+    if dtype != torch.float32:
+        engine.compute_model("bfloat16")
+        m = engine.lora.mirrors[0][name]
+        assert m.lora_A is engine.lora.modules[0][1].lora_A and m.base.weight.dtype == dtype
     x = torch.randn(6, 1, m.base.in_features, dtype=dtype)
     index = [2, base, 0, 2, 1, 0]
     with torch.no_grad():
@@ -230,6 +235,7 @@ def test_one_token_decoding_steps_apply_all_adapters_at_once(tiny, dtype):
             with engine.lora.use(index):
                 got = m(x)
                 assert engine.lora.decode_mask.shape == (6, 12)
+                assert engine.lora._decode_weights  # the stacked path ran
                 # a prompt (more than one token) still takes the regular path
                 torch.testing.assert_close(m(x.expand(6, 3, -1).contiguous())[:, 2:], want)
             with engine.lora.use(1):
@@ -240,6 +246,38 @@ def test_one_token_decoding_steps_apply_all_adapters_at_once(tiny, dtype):
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, want, **tol)
     assert not torch.allclose(got[0].float(), m.base(x)[0].float())  # the adapters did something
+
+
+def test_stacked_decoding_falls_back_and_never_uses_stale_weights(tiny):
+    """A row whose adapter is not among the block's slots takes the regular path (not a silent no-op); an
+    inner block does not inherit the outer one's mask; an adapter changed inside a block is re-stacked."""
+    import copy
+
+    engine = Engine(copy.deepcopy(tiny), n_slots=3, lora=LoRAConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for _, m in engine.lora.modules:
+            m.lora_B[:3].normal_(0, 0.05)
+    m = engine.lora.modules[0][1]
+    x = torch.randn(4, 1, m.base.in_features)
+
+    def gather(index):
+        with engine.lora.use(index):
+            return m(x)
+
+    with torch.no_grad():
+        want2, want0 = gather([2] * 4), gather([0, 0, 1, 1])
+        with engine.lora.decoding([0, 1]):
+            with engine.lora.use([2] * 4):
+                assert engine.lora.decode_mask is None
+                torch.testing.assert_close(m(x), want2)
+            with engine.lora.use([0, 0, 1, 1]):
+                torch.testing.assert_close(m(x), want0)
+                with engine.lora.decoding([engine.base_slot]), engine.lora.use([engine.base_slot] * 4):
+                    torch.testing.assert_close(m(x), m.base(x))
+                m.lora_B[0].mul_(2.0)  # e.g. an optimizer step between two decoding steps
+                after = m(x)
+        torch.testing.assert_close(after, gather([0, 0, 1, 1]))  # the regular path, outside the block
+        assert not torch.allclose(after, want0)
 
 
 def test_clip_grad_norm_per_adapter_equals_clipping_each_adapter_alone():

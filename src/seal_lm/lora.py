@@ -75,7 +75,7 @@ class MultiLoRALinear(nn.Module):
             # ops per adapter and a per-row gather copies every row's A and B at every step; the extra FLOPs
             # (all adapters for every row) are negligible at one token per row.
             a_cat, b_cat = owner.decode_weights(self, x.dtype)
-            h = (x[:, 0] @ a_cat.t()).mul_(owner.decode_mask.to(x.dtype))
+            h = (x[:, 0] @ a_cat.t()).mul_(owner.decode_mask_in(x.dtype))
             y[:, 0].addmm_(h, b_cat)
             return y
         if not torch.is_grad_enabled() and owner.segments is not None and x.dim() == 3 and x.device.type == "cpu":
@@ -158,7 +158,8 @@ class MultiLoRA:
         self.grads_in_place = False  # backward adds adapter gradients into .grad directly (Engine.train only)
         self.decode_slots: list[int] = []  # adapters of the current decoding() call
         self.decode_mask: torch.Tensor | None = None  # [rows, len(decode_slots) * r], set by use() while decoding
-        self._decode_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._decode_masks: dict[torch.dtype, torch.Tensor] = {}  # decode_mask cast once per dtype
+        self._decode_weights: dict[tuple, tuple] = {}  # (id(wrapper), dtype) -> (A stacked, B^T stacked, versions)
         self.modules: list[tuple[str, MultiLoRALinear]] = []
         self.mirrors: list[dict[str, MultiLoRALinear]] = []  # wrappers of copies made by mirror()
         for p in model.parameters():
@@ -209,40 +210,53 @@ class MultiLoRA:
         dev = self.modules[0][1].lora_A.device
         self.active_index = index.to(dev) if index is not None else None
         self.segments = _segments(index.tolist(), self.noop_slots) if index is not None else None
-        prev_mask = self.decode_mask
-        if index is not None and self.decode_slots:
-            pos = {s: i for i, s in enumerate(self.decode_slots)}
+        prev_mask = self.decode_mask, self._decode_masks
+        self.decode_mask, self._decode_masks = None, {}
+        pos = {s: i for i, s in enumerate(self.decode_slots)}
+        # Only inside decoding(), and only if every row's adapter is one of its slots (or all-zero): a row
+        # whose adapter was not stacked would otherwise silently decode with none.
+        if index is not None and pos and all(k in pos or k in self.noop_slots for k in index.tolist()):
             row_pos = torch.tensor([pos.get(k, -1) for k in index.tolist()], device=dev)
-            col_pos = torch.arange(len(self.decode_slots) * self.cfg.r, device=dev) // self.cfg.r
+            col_pos = torch.arange(len(pos) * self.cfg.r, device=dev) // self.cfg.r
             # one row per batch row (one index for the whole batch: a [1, U*r] mask, broadcast)
             self.decode_mask = (row_pos[:, None] == col_pos[None, :]).float() * self.cfg.scale
         try:
             yield
         finally:
             self.active_index, self.segments = prev
-            self.decode_mask = prev_mask
+            self.decode_mask, self._decode_masks = prev_mask
 
     @contextmanager
     def decoding(self, slots: list[int]):
-        """While decoding with adapters `slots` (their weights unchanged meanwhile), one-token steps apply all
-        of them with two matmuls per wrapped linear (MultiLoRALinear.forward), over the slots' A and B
-        concatenated once here (the copies live until the block ends)."""
-        prev = self.decode_slots, self._decode_weights
+        """While decoding with adapters `slots`, one-token steps apply all of them with two matmuls per wrapped
+        linear (MultiLoRALinear.forward), over the slots' A and B stacked (and cast) on first use; the copies
+        live until the block ends. Rows whose adapter is not in `slots` make use() fall back to the regular path."""
+        prev = self.decode_slots, self._decode_weights, self.decode_mask, self._decode_masks
         self.decode_slots = sorted({int(s) for s in slots} - self.noop_slots)
-        self._decode_weights = {}
+        self._decode_weights, self.decode_mask, self._decode_masks = {}, None, {}  # an outer block's mask is not ours
         try:
             yield
         finally:
-            self.decode_slots, self._decode_weights = prev
+            self.decode_slots, self._decode_weights, self.decode_mask, self._decode_masks = prev
+
+    def decode_mask_in(self, dtype: torch.dtype) -> torch.Tensor:
+        mask = self._decode_masks.get(dtype)
+        if mask is None:
+            mask = self._decode_masks[dtype] = self.decode_mask.to(dtype)
+        return mask
 
     def decode_weights(self, m: "MultiLoRALinear", dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """[U*r, in] and [U*r, out]: the decoding slots' A and B^T of wrapper `m`, stacked, in `dtype`."""
-        w = self._decode_weights.get(id(m))
-        if w is None:
-            s = self.decode_slots
-            w = (m.lora_A.detach()[s].reshape(len(s) * self.cfg.r, -1).to(dtype),
-                 m.lora_B.detach()[s].transpose(1, 2).reshape(len(s) * self.cfg.r, -1).to(dtype))
-            self._decode_weights[id(m)] = w
+        # rebuilt when an adapter was changed in place inside the block (an optimizer step, a reset): the
+        # parameters' version counters are part of the cache entry
+        version = (m.lora_A._version, m.lora_B._version)
+        hit = self._decode_weights.get((id(m), dtype))
+        if hit is not None and hit[2] == version:
+            return hit[0], hit[1]
+        s = self.decode_slots
+        w = (m.lora_A.detach()[s].reshape(len(s) * self.cfg.r, -1).to(dtype),
+             m.lora_B.detach()[s].transpose(1, 2).reshape(len(s) * self.cfg.r, -1).to(dtype))
+        self._decode_weights[(id(m), dtype)] = (*w, version)
         return w
 
     def adapter_state(self, k: int) -> dict[str, torch.Tensor]:

@@ -133,6 +133,7 @@ def select(rewards: dict[str, list[tuple[int, float | None]]], baselines: dict[s
 def sft_generator(model_path: str, examples: list[tuple[str, str]], cfg: RestEMConfig, out_dir: Path, seed: int,
                   device=None, dtype=None, progress: bool = True) -> dict:
     """LoRA-finetune the generator on (prompt, completion) pairs, merge, save a full checkpoint."""
+    t0 = time.perf_counter()
     loaded = load_model(model_path, device=device, dtype=dtype)
     engine = Engine(loaded, n_slots=1, lora=cfg.sft_lora)
     stats = engine.train([TrainPlan(examples=examples, seed=seed)], cfg.sft, progress=progress) if examples else None
@@ -147,7 +148,8 @@ def sft_generator(model_path: str, examples: list[tuple[str, str]], cfg: RestEMC
     if out_dir.exists():  # left by a crash between saving and writing the round summary
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # a crash mid-save leaves no half checkpoint that resume would trust
-    return {"sft_losses": stats.losses[0] if stats else [], "sft_steps": stats.steps if stats else 0}
+    return {"sft_losses": stats.losses[0] if stats else [], "sft_steps": stats.steps if stats else 0,
+            "sft_train_s": stats.seconds if stats else 0.0, "sft_s": time.perf_counter() - t0}  # train; load+train+save
 
 
 def run_rest_em(
