@@ -119,7 +119,8 @@ def check_batched_training(tiny, dev):
     return f"max |adapter difference| {worst:.1e}"
 
 
-@check("greedy decoding (in-place cache, rows finishing early, adapters) == HF generate (tiny model, fp32)")
+@check("greedy decoding (in-place cache, rows finishing early, stacked adapters, shared prefill) == HF generate "
+       "(tiny model, fp32)")
 def check_decode(tiny):
     eng = Engine(copy.deepcopy(tiny), n_slots=2)
     random_adapters(eng)
@@ -133,6 +134,11 @@ def check_decode(tiny):
     assert lengths[0] < 12 and lengths[-1] == 12, f"rows should end at different steps: {lengths}"
     got = engine_greedy(eng, PROMPTS, 12, adapters)
     assert got == expected, f"engine {got} != HF {expected}"
+    # repeated (prompt, adapter) rows: one shared prefill, its KV cache copied on the device
+    rep_prompts, rep_adapters = [PROMPTS[1], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[1]], [0, 0, 1, 2, 1]
+    rep_want = hf_greedy(eng, rep_prompts, 12, rep_adapters)
+    rep_got = engine_greedy(eng, rep_prompts, 12, rep_adapters)
+    assert rep_got == rep_want, f"shared prefill: engine {rep_got} != HF {rep_want}"
     texts, n = eng.generate(PROMPTS * 3, GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=0.9),
                             adapters=[0, 1, None] * 4, seed=5)
     assert n > 0 and len(texts) == 12
