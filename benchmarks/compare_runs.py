@@ -12,23 +12,15 @@ passages pick the same top-1 self-edit, and a paired bootstrap 95% CI of the mea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from seal_lm.runs import read_units
 from seal_lm.stats import bootstrap_ci
 
 
 def eval_units(run: Path, rnd: int) -> dict[str, dict]:
-    units = {}
-    for line in (run / "units.jsonl").read_text().splitlines():
-        try:
-            u = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-        if u.get("unit", "").startswith(f"r{rnd}/eval/"):
-            units[u["unit"]] = u
-    return units
+    return {k: u for k, u in read_units(run / "units.jsonl").items() if k.startswith(f"r{rnd}/eval/")}
 
 
 def pearson(x: list[float], y: list[float]) -> float:

@@ -26,6 +26,11 @@ from .lora import BatchedAdamW, LoRAConfig, MultiLoRA, clip_grad_norm_per_adapte
 from .models import DTYPES, LoadedModel
 
 
+def _check_compute_dtype(name: str, field: str) -> None:
+    if name != "auto" and DTYPES.get(name) not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"{field} must be auto, float32 or bfloat16, got {name!r}")
+
+
 @dataclass
 class TrainConfig:
     """How each inner-loop adapter is trained (paper defaults: lr 1e-3, 10 epochs)."""
@@ -52,8 +57,7 @@ class TrainConfig:
     in fp32. Decoding has its own setting, GenerationConfig.compute_dtype."""
 
     def __post_init__(self):
-        if self.compute_dtype != "auto" and DTYPES.get(self.compute_dtype) not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"train.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        _check_compute_dtype(self.compute_dtype, "train.compute_dtype")
 
 
 @dataclass
@@ -75,8 +79,7 @@ class GenerationConfig:
     docs/RESULTS.md bf16 decodes 1.6-2x faster; the paper decodes in bf16 too (vLLM on GPUs)."""
 
     def __post_init__(self):
-        if self.compute_dtype != "auto" and DTYPES.get(self.compute_dtype) not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"generation.compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        _check_compute_dtype(self.compute_dtype, "generation.compute_dtype")
 
 
 @dataclass
@@ -113,7 +116,7 @@ def resolve_compute_dtype(name: str, model_dtype: torch.dtype, device: torch.dev
         if device.type == "cpu" and model_dtype == torch.float32 and cpu_has_native_bf16():
             return torch.bfloat16
         return model_dtype
-    TrainConfig(compute_dtype=name)  # refuses a bad name
+    _check_compute_dtype(name, "compute_dtype")
     return DTYPES[name]
 
 
@@ -425,18 +428,18 @@ class Engine:
         last = torch.tensor([ids.shape[1] - 1], device=ids.device)
         with self.lora.decoding([] if index is None else index.tolist()):
             for step in range(cfg.max_new_tokens):
-                if step == 0 and len(firsts) < n:
+                share = step == 0 and len(firsts) < n  # step 0 is the prefill: one row per distinct prompt
+                feed = {"input_ids": ids, "attention_mask": attn, "position_ids": pos}
+                if share:
                     sel = torch.tensor(firsts, device=ids.device)
-                    with self.lora.use(None if index is None else index[firsts]):
-                        logits = model(input_ids=ids[sel], attention_mask=attn[sel], position_ids=pos[sel],
-                                       **{cache_kw: cache}, use_cache=True, logits_to_keep=last).logits[:, -1].float()
+                    feed = {k: v[sel] for k, v in feed.items()}
+                with self.lora.use(None if index is None else index[firsts if step == 0 else live]):
+                    logits = model(**feed, **{cache_kw: cache}, use_cache=True,
+                                   logits_to_keep=last if step == 0 else 1).logits[:, -1].float()
+                if share:  # the repeats get their prompt's KV cache and logits
                     expand = torch.tensor(copy_of, device=ids.device)
                     cache.batch_select_indices(expand)
                     logits = logits[expand]
-                else:
-                    with self.lora.use(None if index is None else index[live]):
-                        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **{cache_kw: cache},
-                                       use_cache=True, logits_to_keep=last if step == 0 else 1).logits[:, -1].float()
                 if penalty is not None:  # HF's RepetitionPenaltyLogitsProcessor
                     score = logits.gather(1, seen)
                     logits.scatter_(1, seen, torch.where(score < 0, score * penalty, score / penalty))

@@ -208,15 +208,16 @@ class MultiLoRA:
         if isinstance(index, list):
             index = torch.tensor(index, dtype=torch.long)
         dev = self.modules[0][1].lora_A.device
+        rows = index.tolist() if index is not None else None
         self.active_index = index.to(dev) if index is not None else None
-        self.segments = _segments(index.tolist(), self.noop_slots) if index is not None else None
+        self.segments = _segments(rows, self.noop_slots) if rows is not None else None
         prev_mask = self.decode_mask, self._decode_masks
         self.decode_mask, self._decode_masks = None, {}
         pos = {s: i for i, s in enumerate(self.decode_slots)}
         # Only inside decoding(), and only if every row's adapter is one of its slots (or all-zero): a row
         # whose adapter was not stacked would otherwise silently decode with none.
-        if index is not None and pos and all(k in pos or k in self.noop_slots for k in index.tolist()):
-            row_pos = torch.tensor([pos.get(k, -1) for k in index.tolist()], device=dev)
+        if rows is not None and pos and all(k in pos or k in self.noop_slots for k in rows):
+            row_pos = torch.tensor([pos.get(k, -1) for k in rows], device=dev)
             col_pos = torch.arange(len(pos) * self.cfg.r, device=dev) // self.cfg.r
             # one row per batch row (one index for the whole batch: a [1, U*r] mask, broadcast)
             self.decode_mask = (row_pos[:, None] == col_pos[None, :]).float() * self.cfg.scale
