@@ -5,7 +5,7 @@ train_mfu.py does), trains it once to warm up, then once under torch.profiler an
 CPU time. Then times `x @ W.T` alone at the step's shapes (tokens x hidden x {hidden, kv, mlp}), in the
 training dtype, so the profile's matmul time can be compared with what those matmuls cost on their own.
 
-    python benchmarks/step_profile.py runs/rl3 [--compute-dtype auto] [--rows 25]
+    python benchmarks/step_profile.py runs/rl3 [--compute-dtype auto] [--rows 25] [--slots 8]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--round", type=int, default=1)
     ap.add_argument("--compute-dtype", default="auto")
     ap.add_argument("--rows", type=int, default=25, help="rows of the op table")
+    ap.add_argument("--slots", type=int, default=None, help="adapters in the group (default: the run's --slots)")
     args = ap.parse_args(argv)
     cfg, units, passages, domain, loaded = load_knowledge_run(Path(args.run), None, args.compute_dtype)
     plans = []
@@ -55,10 +56,11 @@ def main(argv=None) -> int:
                 plan = domain.training_plan(passages[u["unit"].split("/")[2]], text, i)
                 if not isinstance(plan, str) and plan.examples:
                     plans.append(plan)
-    group = plans[: cfg.slots]
+    slots = args.slots or cfg.slots
+    group = plans[:slots]
     if not group:
         raise SystemExit(f"no r{args.round}/gen/* units with training plans in {args.run}/units.jsonl")
-    engine = Engine(loaded, n_slots=cfg.slots, lora=cfg.lora)
+    engine = Engine(loaded, n_slots=slots, lora=cfg.lora)
     engine.train(group, cfg.train, progress=False)  # warm-up
     stats = engine.train(group, cfg.train, progress=False)
     print(f"{len(group)} adapters: {stats.seconds:.1f} s, {stats.steps} steps, {stats.tokens} tokens "

@@ -136,7 +136,7 @@ def test_bf16_model_on_cpu_masks_left_padding(tiny):
     from seal_lm.models import LoadedModel
 
     eng = Engine(LoadedModel(model=model, tokenizer=tiny.tokenizer, name="tiny-bf16"), n_slots=1)
-    assert model.config._attn_implementation == "sdpa_fp32_training"
+    assert model.config._attn_implementation == "seal_cpu_sdpa"
     enc = eng.tokenizer(PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False)
     assert enc["attention_mask"][0].min() == 0  # the short prompt is left-padded
     pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from seal_lm import engine as E
 from seal_lm.engine import Engine
 
 
@@ -31,21 +32,21 @@ def test_bos_prepended_only_for_tokenizers_that_add_it(tiny):
 def test_loss_applies_final_logit_softcapping(tiny):
     eng = Engine(tiny, n_slots=1)
     ids = torch.tensor([[5, 9, 13, 17, 21, 25]])
-    attn = torch.ones_like(ids)
-    index = torch.zeros(1, dtype=torch.long)
+    batch = E._padded_batch([(ids[0].tolist(), ids[0].tolist())], pad=0)
+    plan_of_pos = torch.zeros_like(ids)
 
     def reference(cap):
-        logits = eng.model(input_ids=ids, attention_mask=attn).logits[0, :-1].float()
+        logits = eng.model(input_ids=ids).logits[0, :-1].float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return F.cross_entropy(logits, ids[0, 1:], reduction="sum")
 
     with torch.no_grad(), eng.lora.use(torch.tensor([eng.base_slot])):
-        plain = eng._per_adapter_loss_sums(eng.model, ids, attn, ids.clone(), index, 1)[0]
+        plain = eng._per_adapter_loss_sums(eng.model, batch, plan_of_pos, 1)[0]
         assert torch.allclose(plain, reference(None), atol=1e-4)
         eng.model.config.final_logit_softcapping = 0.5
         try:
-            capped = eng._per_adapter_loss_sums(eng.model, ids, attn, ids.clone(), index, 1)[0]
+            capped = eng._per_adapter_loss_sums(eng.model, batch, plan_of_pos, 1)[0]
         finally:
             eng.model.config.final_logit_softcapping = None
         assert torch.allclose(capped, reference(0.5), atol=1e-4)

@@ -1,5 +1,7 @@
 """Batched multi-adapter LoRA: equal to one-by-one training, equal to peft, and resettable."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -108,11 +110,12 @@ def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypa
     plans = [TrainPlan([("", "short."), ("", "A much longer line about the fictional town of Brask, its towers, "
                                           "its seven bridges and the river that runs under all of them.")], seed=1),
              TrainPlan([("", "tiny"), ("", "also tiny")], seed=2)]
+    cfg = dataclasses.replace(CFG, batching="padded")
     grouped = Engine(copy.deepcopy(tiny), n_slots=2, lora=LoRAConfig(r=4, alpha=8))
-    g = grouped.train(plans, CFG, progress=False)
+    g = grouped.train(plans, cfg, progress=False)
     monkeypatch.setattr(E, "length_groups", lambda lengths, **kw: [list(range(len(lengths)))])
     single = Engine(tiny, n_slots=2, lora=LoRAConfig(r=4, alpha=8))
-    s = single.train(plans, CFG, progress=False)
+    s = single.train(plans, cfg, progress=False)
     assert g.tokens == s.tokens and g.padded_tokens < s.padded_tokens  # the grouped run really computed fewer (padded) tokens
     for k in range(2):
         torch.testing.assert_close(torch.tensor(g.losses[k]), torch.tensor(s.losses[k]), rtol=1e-4, atol=1e-5)
@@ -120,6 +123,100 @@ def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypa
             # Adam divides by sqrt(v): where a gradient is ~0 (q_proj on 2-token rows), summation-order
             # noise becomes steps of up to ~lr/20; weights are ~2e-3, a wrong gradient moves them ~1e-3
             torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=1e-4)
+
+
+def test_packed_training_equals_padded(tiny):
+    """Packed steps (the CPU default: one row, no padding, attention split per sequence, adapters by token
+    range) train exactly like padded batches, with adapters sharing a step and rows of different lengths.
+    In float64: in fp32 Adam turns summation-order noise on ~0 gradients into weight differences of ~1e-3."""
+    import copy
+
+    plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the "
+                                                                   "river Ul, which runs under all of them.")], seed=1),
+             TrainPlan([("", "tiny"), ("", "also tiny"), ("", "a third line")], seed=2),
+             TrainPlan([("", "one line only, but a longer one than most of the others")], seed=3, epochs=5)]
+    runs = {}
+    for batching in ("packed", "padded"):
+        model = copy.deepcopy(tiny)
+        model.model.to(torch.float64)
+        eng = Engine(model, n_slots=4, lora=LoRAConfig(r=4, alpha=8))
+        stats = eng.train(plans, dataclasses.replace(CFG, batching=batching), progress=False, slots=[3, 0, 2])
+        runs[batching] = stats, [eng.lora.adapter_state(k) for k in (3, 0, 2)]
+    (p, p_state), (q, q_state) = runs["packed"], runs["padded"]
+    assert p.tokens == q.tokens == p.padded_tokens < q.padded_tokens and p.trained_tokens == q.trained_tokens
+    assert p.steps == q.steps == 6
+    for k in range(3):
+        # adapters and their gradients are fp32 even on a float64 model: differences of ~1e-7 remain
+        torch.testing.assert_close(torch.tensor(p.losses[k]), torch.tensor(q.losses[k]), rtol=1e-6, atol=1e-5)
+        for name, t in p_state[k].items():
+            torch.testing.assert_close(t, q_state[k][name], rtol=1e-5, atol=2e-6)
+    assert p.losses[2][-1] < p.losses[2][0]
+
+
+def test_packed_batch_targets_stay_within_each_row():
+    from seal_lm.engine import _packed_batch, _padded_batch, _token_ranges
+
+    rows = [([1, 2, 3], [-100, 2, 3]), ([4, 5], [4, 5]), ([6], [6])]
+    b = _packed_batch(rows)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6]] and b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0]]
+    assert b["targets"].tolist() == [[2, 3, -100, 5, -100, -100]] and b["seal_seq_lengths"] == [3, 2, 1]
+    assert _padded_batch(rows, 0)["targets"].tolist() == [[2, 3, -100], [5, -100, -100], [-100, -100, -100]]
+    assert _token_ranges([4, 4, 1], [3, 2, 1]) == [(4, 0, 5), (1, 5, 6)]
+    with pytest.raises(ValueError, match="batching"):
+        TrainConfig(batching="jagged")
+
+
+@pytest.mark.parametrize("chunk", [3, 32])
+def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk):
+    """_SegmentLoRA (packed steps) == the per-token reference under autograd, for x, y, A and B; a second
+    call adds into the existing .grad; tokens outside every range get no adapter."""
+    from seal_lm.lora import TokenRoute, _SegmentLoRA
+
+    g = torch.Generator().manual_seed(0)
+    k, r, d_in, d_out, T = 4, 3, 6, 5, 11
+    A0 = torch.randn(k, r, d_in, generator=g, dtype=torch.float64)
+    B0 = torch.randn(k, d_out, r, generator=g, dtype=torch.float64)
+    # tokens 9, 10 of call 1 and 0, 1 of call 2 have no adapter; call 3 routes every token
+    calls = [[(2, 0, 4), (0, 4, 9)], [(1, 2, 11)], [(0, 0, 6), (2, 6, 11)]]
+
+    def reference(x, y, A, B, segments, scale):
+        out = y
+        for j, lo, hi in segments:
+            sel = torch.zeros(T, 1, dtype=x.dtype)
+            sel[lo:hi] = 1
+            out = out + scale * sel * ((x[0] @ A[j].t()) @ B[j].t())
+        return out
+
+    grads = {}
+    ours = lambda x, y, A, B, seg, scale: _SegmentLoRA.apply(x, y, A, B, TokenRoute.build(seg, T, "cpu", chunk), scale, True)  # noqa: E731
+    for name, fn in (("ours", ours), ("autograd", reference)):
+        A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
+        got = []
+        for i, segments in enumerate(calls):
+            x = torch.randn(1, T, d_in, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+            x.requires_grad_(True)
+            y_leaf = x.detach()[..., :d_out].clone().requires_grad_(True)
+            out = fn(x, y_leaf * 1.5, A, B, segments, 2.0)  # y is a fresh (non-leaf) tensor, like a base output
+            (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+            got += [out.detach(), x.grad, y_leaf.grad]
+        grads[name] = (A.grad.clone(), B.grad.clone(), got)
+    (a1, b1, o1), (a2, b2, o2) = grads["ours"], grads["autograd"]
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(b1, b2)
+    for u, v in zip(o1, o2):
+        torch.testing.assert_close(u, v)
+    assert a1[3].abs().sum() == 0 and all(a1[j].abs().sum() > 0 for j in range(3))
+    route = TokenRoute.build(calls[0], T, "cpu", chunk)
+    assert not route.covers_all and TokenRoute.build(calls[2], T, "cpu", chunk).covers_all
+    # chunk 3: adapter 2's tokens 0-3 in rows of 3 + 1, adapter 0's 4-8 in 3 + 2; one row each otherwise
+    assert route.slots.tolist() == ([2, 2, 0, 0] if chunk == 3 else [2, 0]) and int(route.real.sum()) == 9
+    from seal_lm.lora import MultiLoRA
+
+    lora = MultiLoRA(torch.nn.Sequential(torch.nn.Linear(4, 4)), 3, LoRAConfig(r=2, target_modules=("0",)))
+    for bad in ([(0, 0, 4), (0, 4, 6)], [(1, 3, 6), (0, 0, 4)], [(3, 0, 2)], [(0, 0, 9)], [(0, 2, 2)], []):
+        with pytest.raises(ValueError, match="packed"):
+            with lora.packed(bad, 8):
+                pass
 
 
 def test_length_groups_are_the_cheapest_split():

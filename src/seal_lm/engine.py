@@ -55,9 +55,18 @@ class TrainConfig:
     EPYC of docs/RESULTS.md), else the model's own dtype. When it differs from the model's dtype, a copy
     of the frozen base weights in this dtype runs the training passes; adapters and optimizer state stay
     in fp32. Decoding has its own setting, GenerationConfig.compute_dtype."""
+    batching: str = "auto"
+    """How a step's sequences (K adapters x batch_size) go through the model: 'packed' = concatenated into
+    one row with no padding (each sequence attends only to itself; every matmul sees all the step's
+    tokens at once), 'padded' = rows of similar length padded into up to 4 batches on a CPU, 1 on a GPU
+    (one pass per step: a small model on a GPU is bound by kernel launches, which packing's per-sequence
+    attention would multiply). auto = packed on a CPU, padded elsewhere. Same losses and gradients up to
+    float rounding."""
 
     def __post_init__(self):
         _check_compute_dtype(self.compute_dtype, "train.compute_dtype")
+        if self.batching not in ("auto", "packed", "padded"):
+            raise ValueError(f"train.batching must be auto, packed or padded, got {self.batching!r}")
 
 
 @dataclass
@@ -120,23 +129,37 @@ def resolve_compute_dtype(name: str, model_dtype: torch.dtype, device: torch.dev
     return DTYPES[name]
 
 
-def _sdpa_fp32_when_training(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention, upcast to fp32 while training on a CPU. PyTorch's CPU flash
-    attention backward is ~2x slower in bf16 than in fp32 (measured on the 2-core EPYC: 1.6 vs 0.8 s of
-    a 10 s training call); decoding, which has no backward, stays in bf16."""
-    if not torch.is_grad_enabled():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
-    out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
-    return out.to(query.dtype), weights
+def _cpu_sdpa(module, query, key, value, attention_mask, seal_seq_lengths=None, **kwargs):
+    """transformers' SDPA attention with two changes for training passes on a CPU.
+
+    - Packed sequences (Engine.train): `seal_seq_lengths` gives the lengths of the sequences concatenated
+      along the one batch row, and each runs as its own causal SDPA. transformers' [T, T] block mask
+      (built from the restarting position ids) is not used: one masked SDPA over all T tokens would
+      compute T^2 scores where only the sum of L^2 are needed.
+    - bf16 upcast to fp32 while training: PyTorch's CPU flash attention backward is ~2x slower in bf16
+      than in fp32 (measured on the 2-core EPYC: 1.6 vs 0.8 s of a 10 s training call); decoding, which
+      has no backward, stays in bf16."""
+    upcast = torch.is_grad_enabled() and query.dtype == torch.bfloat16
+    if upcast:
+        query, key, value = query.float(), key.float(), value.float()
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+    if seal_seq_lengths is None:
+        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    else:
+        # split (not slicing in a loop): its backward writes the gradients with one cat, where each slice's
+        # backward would zero-fill a full-size [1, heads, T, dim] gradient
+        parts = zip(*(t.split(seal_seq_lengths, dim=2) for t in (query, key, value)))
+        out = torch.cat([sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in parts], dim=1)
+        weights = None
+    return (out.to(torch.bfloat16) if upcast else out), weights
 
 
-_CPU_BF16_SDPA = "sdpa_fp32_training"
-AttentionInterface.register(_CPU_BF16_SDPA, _sdpa_fp32_when_training)
+_CPU_SDPA = "seal_cpu_sdpa"
+AttentionInterface.register(_CPU_SDPA, _cpu_sdpa)
 # transformers builds attention masks only for implementations with a registered mask function; without
 # this line padded rows would attend to padding
-AttentionMaskInterface.register(_CPU_BF16_SDPA, sdpa_mask)
+AttentionMaskInterface.register(_CPU_SDPA, sdpa_mask)
 
 
 class Engine:
@@ -155,13 +178,12 @@ class Engine:
         self.lora.noop_slots = {self.base_slot}
         bos = self.tokenizer.bos_token_id
         self._adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
-        self._fp32_attention_if_cpu_bf16(self.model)
+        self._cpu_attention(self.model)
         self._train_models: dict[torch.dtype, torch.nn.Module] = {}
 
-    def _fp32_attention_if_cpu_bf16(self, model) -> None:
-        if self.device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16 \
-                and getattr(model.config, "_attn_implementation", None) == "sdpa":
-            model.set_attn_implementation(_CPU_BF16_SDPA)
+    def _cpu_attention(self, model) -> None:
+        if self.device.type == "cpu" and getattr(model.config, "_attn_implementation", None) == "sdpa":
+            model.set_attn_implementation(_CPU_SDPA)
 
     def compute_model(self, compute_dtype: str = "auto") -> torch.nn.Module:
         """The model that runs training passes or decodes: this one, or (made once) a copy of its frozen
@@ -172,7 +194,7 @@ class Engine:
             return self.model
         if dtype not in self._train_models:
             twin = self.lora.mirror(dtype)
-            self._fp32_attention_if_cpu_bf16(twin)
+            self._cpu_attention(twin)
             self._train_models[dtype] = twin
         return self._train_models[dtype]
 
@@ -236,6 +258,8 @@ class Engine:
         # A GPU running a small model is bound by kernel launches, not FLOPs: each extra pass costs far
         # more than the padding it saves (measured on an H100, see docs/RESULTS.md), so one pass per step.
         max_groups = 4 if dev.type == "cpu" else 1
+        packed = cfg.batching == "packed" or (
+            cfg.batching == "auto" and getattr(model.config, "_attn_implementation", None) == _CPU_SDPA)
         t0 = time.perf_counter()
         model.train()
         bar = tqdm(total=n_steps, desc=f"train {k_n} adapter(s)", disable=not progress, leave=False)
@@ -251,29 +275,29 @@ class Engine:
                 if not rows:
                     break
                 # Each adapter's loss is the mean over ALL its label tokens of this step, so the rows
-                # may be run in several length groups (less padding) with exactly the same gradients.
+                # may be run in several passes (length groups) with exactly the same gradients.
                 counts = torch.zeros(k_n)
                 for (ids, lab), k in zip(rows, row_adapter):
                     counts[k] += sum(1 for t in lab[1:] if t != -100)
                 loss_sums = torch.zeros(k_n)
-                for group in length_groups([len(ids) for ids, _ in rows], max_groups=max_groups):
+                passes = [sorted(range(len(rows)), key=lambda r: slots[row_adapter[r]])] if packed else \
+                    length_groups([len(ids) for ids, _ in rows], max_groups=max_groups)
+                for group in passes:
                     g_rows = [rows[r] for r in group]
-                    width = max(len(ids) for ids, _ in g_rows)
-                    input_ids = torch.full((len(g_rows), width), pad, dtype=torch.long)
-                    labels = torch.full((len(g_rows), width), -100, dtype=torch.long)
-                    attn = torch.zeros((len(g_rows), width), dtype=torch.long)
-                    for r, (ids, lab) in enumerate(g_rows):
-                        input_ids[r, : len(ids)] = torch.tensor(ids)
-                        labels[r, : len(lab)] = torch.tensor(lab)
-                        attn[r, : len(ids)] = 1
-                    stats.tokens += int(attn.sum())
-                    stats.padded_tokens += attn.numel()
-                    stats.trained_tokens += int((labels[:, 1:] != -100).sum())
-                    local = torch.tensor([row_adapter[r] for r in group], dtype=torch.long)  # plan of each row
-                    slot_of_row = torch.tensor([slots[row_adapter[r]] for r in group], dtype=torch.long)
-                    with self.lora.use(slot_of_row):
-                        sums = self._per_adapter_loss_sums(model, input_ids.to(dev), attn.to(dev), labels.to(dev),
-                                                           local.to(dev), k_n)
+                    batch = _packed_batch(g_rows) if packed else _padded_batch(g_rows, pad)
+                    stats.tokens += sum(len(ids) for ids, _ in g_rows)
+                    stats.padded_tokens += batch["input_ids"].numel()
+                    stats.trained_tokens += int((batch["targets"] != -100).sum())
+                    plan_of_row = [row_adapter[r] for r in group]
+                    if packed:  # rows sorted by slot: each adapter's tokens are one range
+                        lengths = batch["seal_seq_lengths"]
+                        plan_of_pos = torch.repeat_interleave(torch.tensor(plan_of_row), torch.tensor(lengths))[None]
+                        route = self.lora.packed(_token_ranges([slots[k] for k in plan_of_row], lengths), sum(lengths))
+                    else:
+                        plan_of_pos = torch.tensor(plan_of_row)[:, None].expand_as(batch["input_ids"])
+                        route = self.lora.use(torch.tensor([slots[k] for k in plan_of_row]))
+                    with route:
+                        sums = self._per_adapter_loss_sums(model, batch, plan_of_pos.to(dev), k_n)
                     # adapter k only sees the gradient of its own (token-mean) loss
                     (sums / counts.to(sums.device).clamp(min=1)).sum().backward()
                     loss_sums += sums.detach().float().cpu()
@@ -306,26 +330,27 @@ class Engine:
         return stats
 
     @staticmethod
-    def _per_adapter_loss_sums(model, input_ids, attn, labels, index, k_n) -> torch.Tensor:
-        """Summed next-token loss of each adapter's rows. The LM head runs only on positions that carry
-        a label (the vocabulary projection is ~20% of a small model's FLOPs; padding and prompt
-        positions would waste it)."""
+    def _per_adapter_loss_sums(model, batch: dict, plan_of_pos: torch.Tensor, k_n: int) -> torch.Tensor:
+        """Summed next-token loss of each plan's tokens (plan_of_pos: the plan index of every position).
+        `batch` holds the model inputs plus `targets`, the label each position predicts (-100: none).
+        The LM head runs only on positions that carry a target (the vocabulary projection is ~20% of a
+        small model's FLOPs; padding and prompt positions would waste it)."""
+        inputs = {k: v.to(plan_of_pos.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        targets = inputs.pop("targets")
         decoder = getattr(model, model.base_model_prefix)
         # use_cache=False: by default (config.use_cache) the decoder would also build a KV cache and copy
         # every layer's keys and values into it, for a training pass that never decodes.
-        hidden = decoder(input_ids=input_ids, attention_mask=attn, use_cache=False).last_hidden_state
-        shift_labels = labels[:, 1:]
-        mask = shift_labels != -100
-        h = hidden[:, :-1][mask]
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+        mask = targets != -100
+        h = hidden[mask]
         head = model.get_output_embeddings()
         # e.g. Gemma-2: the model's own forward caps logits before the loss; so must we
         cap = getattr(model.config, "final_logit_softcapping", None)
         if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
-            tok_loss = linear_cross_entropy(h, head.weight, shift_labels[mask], softcap=cap)
+            tok_loss = linear_cross_entropy(h, head.weight, targets[mask], softcap=cap)
         else:
-            tok_loss = capped_cross_entropy(head(h), shift_labels[mask], cap)
-        row_of_tok = index.view(-1, 1).expand_as(shift_labels)[mask]
-        return torch.zeros(k_n, device=tok_loss.device).index_add(0, row_of_tok, tok_loss)
+            tok_loss = capped_cross_entropy(head(h), targets[mask], cap)
+        return torch.zeros(k_n, device=tok_loss.device).index_add(0, plan_of_pos[mask], tok_loss)
 
     # ------------------------------------------------------------------ generation
     @property
@@ -579,6 +604,43 @@ class TokenTrie:
             node = node[t]
         nxt = [t for t in node if t is not None]
         return nxt + self.end_ids if None in node else nxt
+
+
+def _padded_batch(rows: list[tuple[list[int], list[int]]], pad: int) -> dict:
+    """Rows (ids, labels) right-padded into one [N, width] batch; `targets[r, t]` = labels[r][t + 1]."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    targets = torch.full((len(rows), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        targets[r, : len(lab) - 1] = torch.tensor(lab[1:], dtype=torch.long)
+        attn[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attn, "targets": targets}
+
+
+def _packed_batch(rows: list[tuple[list[int], list[int]]]) -> dict:
+    """Rows (ids, labels) concatenated into one [1, T] row without padding. Position ids restart at 0 for
+    each row (transformers then masks attention to stay within a row; _cpu_sdpa splits by
+    `seal_seq_lengths` instead); a row's last position predicts nothing, so no row learns its successor."""
+    ids = [t for seq, _ in rows for t in seq]
+    pos = [p for seq, _ in rows for p in range(len(seq))]
+    targets = [t for _, lab in rows for t in lab[1:] + [-100]]
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
+            "targets": torch.tensor([targets]), "seal_seq_lengths": [len(seq) for seq, _ in rows]}
+
+
+def _token_ranges(slot_of_row: list[int], lengths: list[int]) -> list[tuple[int, int, int]]:
+    """(slot, first token, end token) of each run of consecutive packed rows with the same slot."""
+    runs: list[tuple[int, int, int]] = []
+    lo = 0
+    for k, n in zip(slot_of_row, lengths):
+        if runs and runs[-1][0] == k:
+            runs[-1] = (k, runs[-1][1], lo + n)
+        else:
+            runs.append((k, lo, lo + n))
+        lo += n
+    return runs
 
 
 def length_groups(lengths: list[int], max_groups: int = 4, overhead: int = 32) -> list[list[int]]:
