@@ -164,6 +164,11 @@ def test_packed_batch_targets_stay_within_each_row():
     assert _token_ranges([4, 4, 1], [3, 2, 1]) == [(4, 0, 5), (1, 5, 6)]
     with pytest.raises(ValueError, match="batching"):
         TrainConfig(batching="jagged")
+    from seal_lm.lora import grid_width
+
+    assert grid_width([1000, 980]) == 1000  # two long adapters: one grid row each
+    assert grid_width([600] + [40] * 7) < 600  # one long beside short ones: chunks, not 8 rows of 600
+    assert grid_width([5, 3]) == 5
 
 
 @pytest.mark.parametrize("chunk", [3, 32])
