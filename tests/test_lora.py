@@ -125,11 +125,16 @@ def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypa
             torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=1e-4)
 
 
-def test_packed_training_equals_padded(tiny):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_training_equals_padded(tiny, attention):
     """Packed steps (the CPU default: one row, no padding, attention split per sequence, adapters by token
     range) train exactly like padded batches, with adapters sharing a step and rows of different lengths.
-    In float64: in fp32 Adam turns summation-order noise on ~0 gradients into weight differences of ~1e-3."""
+    In float64: in fp32 Adam turns summation-order noise on ~0 gradients into weight differences of ~1e-3.
+    With `eager` attention (what `batching: packed` meets off the CPU-sdpa path) transformers must mask
+    attention to each sequence from the restarting position ids."""
     import copy
+
+    tiny.model.set_attn_implementation(attention)
 
     plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the "
                                                                    "river Ul, which runs under all of them.")], seed=1),
