@@ -65,7 +65,11 @@ class ExecutorOptions:
     """Where self-edit evaluations run: in this process, or on Ray actors that each hold the model."""
 
     executor: str = "local"
-    """local, or ray (long-lived actors each holding the model)."""
+    """local (this process), processes (worker processes on this machine, each holding the model: faster
+    than one process on a multi-core CPU, see seal_lm/executors.py) or ray (long-lived actors each holding
+    the model, on this machine or a cluster)."""
+    workers: int = 2
+    """Worker processes of the processes executor; each uses cores // workers torch threads."""
     ray_address: str | None = None
     """Ray head address (HOST:6379) of a running cluster; None starts a local Ray instance."""
     ray_actors: int = 2

@@ -1,8 +1,15 @@
-"""Where self-edit evaluations run: in this process (default) or on long-lived Ray actors.
+"""Where self-edit evaluations run: in this process (default), in worker processes on this machine, or on
+long-lived Ray actors.
 
-Both executors form the same job groups (inner_loop.group_jobs) and each group is evaluated whole
-by one evaluator, so for the same seeds the local and Ray executors return identical results.
-Ray actors each load the base model once and then serve groups for the whole run.
+All executors form the same job groups (inner_loop.group_jobs) and each group is evaluated whole by one
+evaluator, so for the same seeds they return the same results (up to the float rounding of a different
+torch thread count). Worker processes and Ray actors each load the base model once and then serve groups
+for the whole run.
+
+Why worker processes on one machine (`--executor processes`): a training step of a small model on a CPU
+is mostly many mid-sized ops, whose per-op cost barely shrinks with a second thread. Measured on the
+2-core development machine (docs/RESULTS.md, session 7): two 1-thread processes trained 1.36x the
+self-edits per second of one 2-thread process.
 
 On a cluster: start Ray (`ray start --head` on one node, `ray start --address HEAD:6379` on the
 others), then run any command with `--executor ray --ray-address HEAD:6379`; `--ray-actors N` sets
@@ -11,6 +18,7 @@ how many model replicas serve jobs (give each a GPU with `--ray-gpus-per-actor 1
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 from .engine import GenerationConfig
@@ -29,6 +37,11 @@ class LocalExecutor:
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
         return self.evaluator.sample_self_edits(contexts, k, cfg, seed)
 
+    def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
+        """sample_self_edits(*call) for each call, yielded in order (one by one here)."""
+        for call in calls:
+            yield self.evaluator.sample_self_edits(*call)
+
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         """Yields each group's results as soon as it is done (so callers can log them at once)."""
         for group in group_jobs(jobs, self.n_slots):
@@ -36,6 +49,66 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+class ProcessExecutor:
+    """Worker processes on this machine, each holding a SelfEditEvaluator and using cores // workers torch
+    threads; job groups and sampling calls are spread over them. Started with `spawn` (a forked torch with
+    threads already running can deadlock)."""
+
+    def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        threads = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") \
+            else max(1, (os.cpu_count() or 1) // workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(spec, threads))
+        self.n_slots = spec.n_slots
+
+    def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
+        return self.pool.submit(_worker_sample, (list(contexts), k, cfg, seed)).result()
+
+    def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
+        """All calls submitted at once, results yielded in call order."""
+        futures = [self.pool.submit(_worker_sample, (list(c[0]), *c[1:])) for c in calls]
+        for f in futures:
+            yield f.result()
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
+        from concurrent.futures import as_completed
+
+        futures = [self.pool.submit(_worker_run, group) for group in group_jobs(jobs, self.n_slots)]
+        try:
+            for f in as_completed(futures):  # results are keyed by job, so order is irrelevant
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_evaluator: SelfEditEvaluator | None = None  # one per worker process (ProcessExecutor)
+
+
+def _init_worker(spec: EvaluatorSpec, threads: int) -> None:
+    import torch
+
+    global _worker_evaluator
+    torch.set_num_threads(threads)
+    _worker_evaluator = SelfEditEvaluator(spec, progress=False)
+
+
+def _worker_run(jobs):
+    return _worker_evaluator.run(jobs)
+
+
+def _worker_sample(call):
+    return _worker_evaluator.sample_self_edits(*call)
 
 
 class RayExecutor:
@@ -57,6 +130,12 @@ class RayExecutor:
 
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
         return self.ray.get(self.actors[0].sample_self_edits.remote(list(contexts), k, cfg, seed))
+
+    def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
+        """Calls spread over the actors, results yielded in call order."""
+        from ray.util import ActorPool
+
+        yield from ActorPool(self.actors).map(lambda a, c: a.sample_self_edits.remote(list(c[0]), *c[1:]), calls)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from ray.util import ActorPool
@@ -85,13 +164,15 @@ class _EvaluatorActor:
 
 
 def make_executor(spec: EvaluatorSpec, executor: str = "local", ray_address: str | None = None,
-                  ray_actors: int = 2, ray_gpus_per_actor: float = 0.0, progress: bool = True):
+                  ray_actors: int = 2, ray_gpus_per_actor: float = 0.0, progress: bool = True, workers: int = 2):
     if executor == "local":
         return LocalExecutor(spec, progress=progress)
+    if executor == "processes":
+        return ProcessExecutor(spec, workers=workers, progress=progress)
     if executor == "ray":
         return RayExecutor(spec, address=ray_address, n_actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
                            progress=progress)
-    raise ValueError(f"unknown executor {executor!r}: choose 'local' or 'ray'")
+    raise ValueError(f"unknown executor {executor!r}: choose 'local', 'processes' or 'ray'")
 
 
 def run_jobs(executor, jobs: Sequence[Job], on_result: Callable[[JobResult], None] | None = None,

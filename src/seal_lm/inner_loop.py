@@ -190,11 +190,13 @@ def sample_self_edit_units(executor, contexts: Sequence[Any], context_id, k: int
     replaced ("discarded")."""
     per_chunk = max(1, cfg.batch_size // max(k, 1))
     rounds = redraws if domain is not None else 0
-    for c0 in range(0, len(contexts), per_chunk):
-        chunk = list(contexts[c0:c0 + per_chunk])
-        if all(run.done(f"{key_prefix}/{context_id(c)}") for c in chunk):
-            continue
-        texts, secs, n_tok = executor.sample_self_edits(chunk, k, cfg, seed=seed + c0)
+    pending = [(c0, list(contexts[c0:c0 + per_chunk])) for c0 in range(0, len(contexts), per_chunk)]
+    pending = [(c0, chunk) for c0, chunk in pending if not all(run.done(f"{key_prefix}/{context_id(c)}") for c in chunk)]
+    calls = [(chunk, k, cfg, seed + c0) for c0, chunk in pending]
+    # executors with several workers sample the chunks in parallel (results still come in chunk order)
+    sampled = executor.sample_many(calls) if hasattr(executor, "sample_many") else \
+        (executor.sample_self_edits(*call) for call in calls)
+    for (c0, chunk), (texts, secs, n_tok) in zip(pending, sampled):
         texts = [list(tx) for tx in texts]
         discarded = [0] * len(chunk)
         # Validity of each kept self-edit, checked once (an ARC check builds the recipe's TTT data).

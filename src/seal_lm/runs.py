@@ -21,7 +21,7 @@ from .config import to_dict
 
 class RunDir:
     def __init__(self, path: str | Path, config, allow_config_change: bool = False,
-                 additive: tuple[str, ...] = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor")):
+                 additive: tuple[str, ...] = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers")):
         """`additive` fields may differ from the stored config: they add work or change where it runs,
         never what a finished unit means (e.g. another generator row, more passages)."""
         self.path = Path(path)

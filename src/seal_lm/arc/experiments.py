@@ -30,7 +30,7 @@ from .recipe import ORACLE_GRID, parse_recipe
 
 CONDITIONS = ("icl", "default", "ttt", "seal", "oracle")
 SAMPLED = ("ttt", "seal")
-_EXCLUDE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor")
+_EXCLUDE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers")
 ADDITIVE = _EXCLUDE + ("conditions", "offset", "limit", "oracle_recipes")
 """eval fields that may change between invocations of one run directory: they add rows, tasks or oracle
 recipes (units are keyed by condition, task id and recipe index) but never change a finished unit."""
@@ -76,7 +76,8 @@ class _Executors:
             c = self.cfg
             spec = EvaluatorSpec(model=model, domain=self.domain, lora=c.lora, train=c.train, n_slots=c.slots,
                                  device=c.device, dtype=c.dtype)
-            self.ex = make_executor(spec, c.executor, c.ray_address, c.ray_actors, c.ray_gpus_per_actor, c.progress)
+            self.ex = make_executor(spec, c.executor, c.ray_address, c.ray_actors, c.ray_gpus_per_actor, c.progress,
+                                     workers=c.workers)
             self.model = model
             self.loads += 1
         return self.ex
@@ -278,8 +279,8 @@ def run_arc_train(cfg: ArcTrainConfig) -> list[RoundSummary]:
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner,
                         redraws=cfg.redraws)
-    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors,
-          "ray_gpus_per_actor": cfg.ray_gpus_per_actor} if cfg.executor == "ray" else {}
+    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors, "ray_gpus_per_actor": cfg.ray_gpus_per_actor,
+          "workers": cfg.workers}
     summaries = run_rest_em(rcfg, tasks, domain.context_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                             executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)

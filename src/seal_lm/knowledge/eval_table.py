@@ -26,7 +26,7 @@ from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
 
 
-ADDITIVE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor",
+ADDITIVE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers",
             "generators", "conditions", "passages", "slots")
 """Fields that may change between invocations of one run directory: they add rows or passages, or change
 how work is grouped (slots: batched training equals one-by-one within float tolerance, tested)."""
@@ -74,7 +74,7 @@ def select_passages(cfg: KnowledgeEvalConfig) -> list[Passage]:
 
 
 def default_out(cfg: KnowledgeEvalConfig, kind: str = "knowledge-eval") -> Path:
-    return Path("runs") / f"{kind}-{config_hash(cfg, exclude=('out', 'progress', 'executor', 'ray_address', 'ray_actors'))}"
+    return Path("runs") / f"{kind}-{config_hash(cfg, exclude=('out', 'progress', 'executor', 'ray_address', 'ray_actors', 'workers'))}"
 
 
 def sample_with_generator(generator: str, passages: list[Passage], cfg: KnowledgeEvalConfig, domain, run: RunDir,
@@ -121,7 +121,8 @@ def run_by_learner(cfg: KnowledgeEvalConfig, jobs: list[Job], learner_of: dict[s
     for model, js in by_model.items():
         spec = EvaluatorSpec(model=model, domain=domain, lora=cfg.lora, train=cfg.train,
                              n_slots=cfg.slots, device=cfg.device, dtype=cfg.dtype)
-        ex = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress)
+        ex = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress,
+                             workers=cfg.workers)
         try:
             run_jobs(ex, js, on_result=on_result, progress=cfg.progress, desc=f"{desc} (learner {model})")
         finally:
@@ -242,7 +243,8 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
     spec = EvaluatorSpec(model=cfg.model, domain=domain, lora=cfg.lora, train=cfg.train, n_slots=cfg.slots,
                          device=cfg.device, dtype=cfg.dtype)
     t_start = time.perf_counter()
-    executor = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress)
+    executor = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress,
+                             workers=cfg.workers)
 
     # ---- self-edits: own samples, then other generators (each recorded per passage)
     sources: dict[str, str] = {}

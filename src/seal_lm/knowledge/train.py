@@ -64,8 +64,8 @@ def run_train(cfg: KnowledgeTrainConfig):
     rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.passages_per_round, k=cfg.k, seeds=cfg.seeds,
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
-    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors,
-          "ray_gpus_per_actor": cfg.ray_gpus_per_actor} if cfg.executor == "ray" else {}
+    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors, "ray_gpus_per_actor": cfg.ray_gpus_per_actor,
+          "workers": cfg.workers}
     summaries = run_rest_em(rcfg, passages, lambda p: p.passage_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
                             executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
