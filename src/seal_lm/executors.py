@@ -53,8 +53,9 @@ class LocalExecutor:
 
 class ProcessExecutor:
     """Worker processes on this machine, each holding a SelfEditEvaluator and using cores // workers torch
-    threads; job groups and sampling calls are spread over them. Started with `spawn` (a forked torch with
-    threads already running can deadlock)."""
+    threads; job groups and sampling calls are spread over them. A lone task (one sampling call, one job
+    group) runs on all the cores instead of leaving the other workers' cores idle. Started with `spawn` (a
+    forked torch with threads already running can deadlock)."""
 
     def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True):
         import multiprocessing
@@ -62,25 +63,29 @@ class ProcessExecutor:
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        threads = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") \
-            else max(1, (os.cpu_count() or 1) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.threads, self.all_threads = max(1, cores // workers), cores
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(spec, threads))
+                                        initializer=_init_worker, initargs=(spec,))
         self.n_slots = spec.n_slots
 
+    def _threads(self, n_tasks: int) -> int:
+        return self.all_threads if n_tasks == 1 else self.threads
+
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
-        return self.pool.submit(_worker_sample, (list(contexts), k, cfg, seed)).result()
+        return self.pool.submit(_worker_sample, (list(contexts), k, cfg, seed), self._threads(1)).result()
 
     def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
         """All calls submitted at once, results yielded in call order."""
-        futures = [self.pool.submit(_worker_sample, (list(c[0]), *c[1:])) for c in calls]
+        futures = [self.pool.submit(_worker_sample, (list(c[0]), *c[1:]), self._threads(len(calls))) for c in calls]
         for f in futures:
             yield f.result()
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from concurrent.futures import as_completed
 
-        futures = [self.pool.submit(_worker_run, group) for group in group_jobs(jobs, self.n_slots)]
+        groups = group_jobs(jobs, self.n_slots)
+        futures = [self.pool.submit(_worker_run, group, self._threads(len(groups))) for group in groups]
         try:
             for f in as_completed(futures):  # results are keyed by job, so order is irrelevant
                 yield f.result()
@@ -95,19 +100,22 @@ class ProcessExecutor:
 _worker_evaluator: SelfEditEvaluator | None = None  # one per worker process (ProcessExecutor)
 
 
-def _init_worker(spec: EvaluatorSpec, threads: int) -> None:
-    import torch
-
+def _init_worker(spec: EvaluatorSpec) -> None:
     global _worker_evaluator
-    torch.set_num_threads(threads)
     _worker_evaluator = SelfEditEvaluator(spec, progress=False)
 
 
-def _worker_run(jobs):
+def _worker_run(jobs, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
     return _worker_evaluator.run(jobs)
 
 
-def _worker_sample(call):
+def _worker_sample(call, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
     return _worker_evaluator.sample_self_edits(*call)
 
 
