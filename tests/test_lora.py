@@ -1,5 +1,6 @@
 """Batched multi-adapter LoRA: equal to one-by-one training, equal to peft, and resettable."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -158,6 +159,35 @@ def test_packed_training_equals_padded(tiny, attention):
     assert p.losses[2][-1] < p.losses[2][0]
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_packed_training_equals_padded_on_other_architectures(tiny, arch):
+    """Qwen2's biased q/k/v projections (their outputs are views, updated in place by the packed LoRA) and
+    Mistral's sliding window (4 tokens here, shorter than the lines: the packed attention must apply it)."""
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    from seal_lm.models import LoadedModel
+
+    tok = tiny.tokenizer
+    dims = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = Qwen2Config(**dims) if arch == "qwen2" else MistralConfig(**dims, sliding_window=4)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64)
+    plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the river.")], seed=1),
+             TrainPlan([("", "tiny"), ("", "also tiny"), ("", "a third line")], seed=2)]
+    runs = {}
+    for batching in ("packed", "padded"):
+        eng = Engine(LoadedModel(model=copy.deepcopy(base), tokenizer=tok, name=arch), n_slots=2, lora=LoRAConfig(r=4, alpha=8))
+        stats = eng.train(plans, dataclasses.replace(CFG, batching=batching), progress=False)
+        runs[batching] = stats.losses, [eng.lora.adapter_state(k) for k in range(2)]
+    (p_loss, p_state), (q_loss, q_state) = runs["packed"], runs["padded"]
+    for k in range(2):
+        torch.testing.assert_close(torch.tensor(p_loss[k]), torch.tensor(q_loss[k]), rtol=1e-6, atol=1e-5)
+        for name, t in p_state[k].items():
+            torch.testing.assert_close(t, q_state[k][name], rtol=1e-5, atol=2e-6)
+
+
 def test_packed_batch_targets_stay_within_each_row():
     from seal_lm.engine import _packed_batch, _padded_batch, _token_ranges
 
@@ -176,10 +206,12 @@ def test_packed_batch_targets_stay_within_each_row():
     assert grid_width([5, 3]) == 5
 
 
-@pytest.mark.parametrize("chunk", [3, 32])
-def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk):
+@pytest.mark.parametrize("chunk,biased", [(3, False), (32, False), (3, True)])
+def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk, biased):
     """_SegmentLoRA (packed steps) == the per-token reference under autograd, for x, y, A and B; a second
-    call adds into the existing .grad; tokens outside every range get no adapter."""
+    call adds into the existing .grad; tokens outside every range get no adapter. `biased`: y is the output
+    of a linear layer with a bias, which F.linear returns as a view (Qwen2's q/k/v projections): updating
+    it in place must not mix up the gradients of x and y."""
     from seal_lm.lora import TokenRoute, _SegmentLoRA
 
     g = torch.Generator().manual_seed(0)
@@ -198,17 +230,21 @@ def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk):
         return out
 
     grads = {}
-    ours = lambda x, y, A, B, seg, scale: _SegmentLoRA.apply(x, y, A, B, TokenRoute.build(seg, T, "cpu", chunk), scale, True)  # noqa: E731
+    ours = lambda x, y, A, B, seg, scale: _SegmentLoRA.apply(y, x, A, B, TokenRoute.build(seg, T, "cpu", chunk), scale, True)  # noqa: E731
+    W0, bias0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, generator=g, dtype=torch.float64)
     for name, fn in (("ours", ours), ("autograd", reference)):
         A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
+        W, bias = torch.nn.Parameter(W0.clone()), torch.nn.Parameter(bias0.clone())
         got = []
         for i, segments in enumerate(calls):
             x = torch.randn(1, T, d_in, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
             x.requires_grad_(True)
             y_leaf = x.detach()[..., :d_out].clone().requires_grad_(True)
-            out = fn(x, y_leaf * 1.5, A, B, segments, 2.0)  # y is a fresh (non-leaf) tensor, like a base output
+            # y: a fresh (non-leaf) tensor like a base output, or a biased linear's output (a view)
+            y = torch.nn.functional.linear(x, W, bias) if biased else y_leaf * 1.5
+            out = fn(x, y, A, B, segments, 2.0)
             (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
-            got += [out.detach(), x.grad, y_leaf.grad]
+            got += [out.detach(), x.grad] + ([W.grad.clone(), bias.grad.clone()] if biased else [y_leaf.grad])
         grads[name] = (A.grad.clone(), B.grad.clone(), got)
     (a1, b1, o1), (a2, b2, o2) = grads["ours"], grads["autograd"]
     torch.testing.assert_close(a1, a2)

@@ -60,6 +60,11 @@ class RunOptions:
     """Show progress bars."""
 
 
+EXECUTION_FIELDS = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers")
+"""Config fields that change where a run executes and how it reports, never what a finished unit means:
+left out of default run-directory names, and free to change when a run is resumed."""
+
+
 @dataclasses.dataclass
 class ExecutorOptions:
     """Where self-edit evaluations run: in this process, or on Ray actors that each hold the model."""

@@ -60,8 +60,9 @@ class TrainConfig:
     one row with no padding (each sequence attends only to itself; every matmul sees all the step's
     tokens at once), 'padded' = rows of similar length padded into up to 4 batches on a CPU, 1 on a GPU
     (one pass per step: a small model on a GPU is bound by kernel launches, which packing's per-sequence
-    attention would multiply). auto = packed on a CPU, padded elsewhere. Same losses and gradients up to
-    float rounding."""
+    attention would multiply). auto = packed for a model on a CPU with sdpa attention (the default),
+    padded otherwise. Same losses and gradients up to float rounding (tested for Llama, Qwen2's biased
+    projections and Mistral's sliding window)."""
 
     def __post_init__(self):
         _check_compute_dtype(self.compute_dtype, "train.compute_dtype")
@@ -133,7 +134,8 @@ def _cpu_sdpa(module, query, key, value, attention_mask, seal_seq_lengths=None, 
     """transformers' SDPA attention with two changes for training passes on a CPU.
 
     - Packed sequences (Engine.train): `seal_seq_lengths` gives the lengths of the sequences concatenated
-      along the one batch row, and each runs as its own causal SDPA. transformers' [T, T] block mask
+      along the one batch row, and each runs as its own causal SDPA (with the model's sliding window, if
+      it has one, as an explicit mask). transformers' [T, T] block mask
       (built from the restarting position ids) is not used: one masked SDPA over all T tokens would
       compute T^2 scores where only the sum of L^2 are needed.
     - bf16 upcast to fp32 while training: PyTorch's CPU flash attention backward is ~2x slower in bf16
@@ -150,9 +152,20 @@ def _cpu_sdpa(module, query, key, value, attention_mask, seal_seq_lengths=None, 
         # split (not slicing in a loop): its backward writes the gradients with one cat, where each slice's
         # backward would zero-fill a full-size [1, heads, T, dim] gradient
         parts = zip(*(t.split(seal_seq_lengths, dim=2) for t in (query, key, value)))
-        out = torch.cat([sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in parts], dim=1)
+        window = kwargs.get("sliding_window")  # Mistral, Qwen2 with use_sliding_window, ...: i - j < window
+        out = torch.cat([sdpa_attention_forward(module, q, k, v, _window_mask(q.shape[2], window, q.device), **kwargs)[0]
+                         for q, k, v in parts], dim=1)
         weights = None
     return (out.to(torch.bfloat16) if upcast else out), weights
+
+
+def _window_mask(length: int, window: int | None, device) -> torch.Tensor | None:
+    """None (plain causal attention) unless a sliding window cuts into a sequence of this length; then the
+    [1, 1, L, L] boolean mask of causal attention to the last `window` positions."""
+    if not window or length <= window:
+        return None
+    i = torch.arange(length, device=device)
+    return ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None]
 
 
 _CPU_SDPA = "seal_cpu_sdpa"

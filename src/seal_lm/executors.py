@@ -53,9 +53,9 @@ class LocalExecutor:
 
 class ProcessExecutor:
     """Worker processes on this machine, each holding a SelfEditEvaluator and using cores // workers torch
-    threads; job groups and sampling calls are spread over them. A lone task (one sampling call, one job
-    group) runs on all the cores instead of leaving the other workers' cores idle. Started with `spawn` (a
-    forked torch with threads already running can deadlock)."""
+    threads; job groups and sampling calls are spread over them. A batch of one task (one sampling call,
+    one job group) runs on all the cores instead of leaving the other workers' cores idle. Started with
+    `spawn` (a forked torch with threads already running can deadlock)."""
 
     def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True):
         import multiprocessing
@@ -78,8 +78,12 @@ class ProcessExecutor:
     def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
         """All calls submitted at once, results yielded in call order."""
         futures = [self.pool.submit(_worker_sample, (list(c[0]), *c[1:]), self._threads(len(calls))) for c in calls]
-        for f in futures:
-            yield f.result()
+        try:
+            for f in futures:
+                yield f.result()
+        finally:  # the caller stopped early (an error, Ctrl-C): queued calls must not run on, or hold up exit
+            for f in futures:
+                f.cancel()
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from concurrent.futures import as_completed

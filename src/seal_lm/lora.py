@@ -66,7 +66,7 @@ class MultiLoRALinear(nn.Module):
             a, b = self.lora_A[k].detach().to(x.dtype), self.lora_B[k].detach().to(x.dtype)
             y = y + self.scale * ((x @ a.t()) @ b.t())
         if owner.token_route is not None:  # a packed training pass (MultiLoRA.packed)
-            return _SegmentLoRA.apply(self.dropout(x), y, self.lora_A, self.lora_B, owner.token_route,
+            return _SegmentLoRA.apply(y, self.dropout(x), self.lora_A, self.lora_B, owner.token_route,
                                       self.scale, owner.grads_in_place)
         index = owner.active_index
         if index is None:
@@ -188,10 +188,12 @@ class _SegmentLoRA(torch.autograd.Function):
     projected with bmm against each chunk's A and B: a fixed ~10 ops per wrapped linear, where a loop over
     the adapters costs ~12 small ops per adapter (measured: LoRA then took 31% of a packed step). Pad cells
     are zeroed in the backward, so they add nothing to any gradient. y, the frozen base layer's fresh
-    output, which no other autograd node saved, is updated in place."""
+    output, which no other autograd node saved, is updated in place. y is the first input: when it is a
+    view (F.linear with a bias returns one for 3-D input), autograd's CopySlices, which rebases an in-place
+    change of a view, takes the first input's gradient as the view's."""
 
     @staticmethod
-    def forward(ctx, x, y, lora_A, lora_B, route: TokenRoute, scale, grads_in_place=False):
+    def forward(ctx, y, x, lora_A, lora_B, route: TokenRoute, scale, grads_in_place=False):
         x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
         u = len(route.slots)
         a = lora_A.index_select(0, route.slots).to(x.dtype)  # [chunks, r, in]
@@ -213,7 +215,7 @@ class _SegmentLoRA(torch.autograd.Function):
     def backward(ctx, g):
         x_grid, a, b, h = ctx.saved_tensors
         route = ctx.route
-        need_x, need_y, need_a, need_b = ctx.needs_input_grad[:4]
+        need_y, need_x, need_a, need_b = ctx.needs_input_grad[:4]
         g2 = g.reshape(-1, g.shape[-1])
         g_grid = g2.index_select(0, route.gather).view(len(route.slots), route.width, -1).mul_(route.real)
         g_h = torch.bmm(g_grid, b).mul_(ctx.scale)  # [chunks, width, r]: d loss / d h (0 on pad cells)
@@ -230,7 +232,7 @@ class _SegmentLoRA(torch.autograd.Function):
             if need_a else None
         grad_b = _add_rows(lora_B, route.slots, torch.bmm(g_grid.transpose(1, 2), h).mul_(ctx.scale), ctx.in_place) \
             if need_b else None
-        return grad_x, (g if need_y else None), grad_a, grad_b, None, None, None
+        return (g if need_y else None), grad_x, grad_a, grad_b, None, None, None
 
 
 def _add_rows(param: nn.Parameter, index: torch.Tensor, rows: torch.Tensor, in_place: bool) -> torch.Tensor | None:

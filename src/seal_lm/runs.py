@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
-from .config import to_dict
+from .config import EXECUTION_FIELDS, to_dict
 
 
 class RunDir:
     def __init__(self, path: str | Path, config, allow_config_change: bool = False,
-                 additive: tuple[str, ...] = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers")):
+                 additive: tuple[str, ...] = EXECUTION_FIELDS):
         """`additive` fields may differ from the stored config: they add work or change where it runs,
         never what a finished unit means (e.g. another generator row, more passages)."""
         self.path = Path(path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_hash, to_dict
+from ..config import EXECUTION_FIELDS, config_hash, to_dict
 from ..executors import make_executor, run_jobs
 from ..inner_loop import EvaluatorSpec, Job, JobResult, sample_self_edit_units
 from ..models import load_tokenizer
@@ -30,8 +30,7 @@ from .recipe import ORACLE_GRID, parse_recipe
 
 CONDITIONS = ("icl", "default", "ttt", "seal", "oracle")
 SAMPLED = ("ttt", "seal")
-_EXCLUDE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers")
-ADDITIVE = _EXCLUDE + ("conditions", "offset", "limit", "oracle_recipes")
+ADDITIVE = EXECUTION_FIELDS + ("conditions", "offset", "limit", "oracle_recipes")
 """eval fields that may change between invocations of one run directory: they add rows, tasks or oracle
 recipes (units are keyed by condition, task id and recipe index) but never change a finished unit."""
 
@@ -268,7 +267,7 @@ def run_arc_eval(cfg: ArcEvalConfig, title: str = "Few-shot ARC (pass@2 success 
 
 def run_arc_train(cfg: ArcTrainConfig) -> list[RoundSummary]:
     """ReST-EM on ARC training tasks with the shared outer loop; each round saves a generator checkpoint."""
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"arc-train-{config_hash(cfg, exclude=_EXCLUDE)}"
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"arc-train-{config_hash(cfg, exclude=EXECUTION_FIELDS)}"
     run = RunDir(out, cfg)
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     tokenizer = load_tokenizer(cfg.model)

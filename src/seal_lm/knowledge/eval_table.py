@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import config_hash, to_dict
+from ..config import EXECUTION_FIELDS, config_hash, to_dict
 from ..executors import make_executor, run_jobs
 from ..inner_loop import EvaluatorSpec, Job, JobResult, sample_self_edit_units
 from ..runs import RunDir
@@ -26,8 +26,7 @@ from .domain import KnowledgeDomain
 from .eval_config import KnowledgeEvalConfig
 
 
-ADDITIVE = ("out", "progress", "executor", "ray_address", "ray_actors", "ray_gpus_per_actor", "workers",
-            "generators", "conditions", "passages", "slots")
+ADDITIVE = EXECUTION_FIELDS + ("generators", "conditions", "passages", "slots")
 """Fields that may change between invocations of one run directory: they add rows or passages, or change
 how work is grouped (slots: batched training equals one-by-one within float tolerance, tested)."""
 
@@ -74,7 +73,7 @@ def select_passages(cfg: KnowledgeEvalConfig) -> list[Passage]:
 
 
 def default_out(cfg: KnowledgeEvalConfig, kind: str = "knowledge-eval") -> Path:
-    return Path("runs") / f"{kind}-{config_hash(cfg, exclude=('out', 'progress', 'executor', 'ray_address', 'ray_actors', 'workers'))}"
+    return Path("runs") / f"{kind}-{config_hash(cfg, exclude=EXECUTION_FIELDS)}"
 
 
 def sample_with_generator(generator: str, passages: list[Passage], cfg: KnowledgeEvalConfig, domain, run: RunDir,

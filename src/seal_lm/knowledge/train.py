@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ExecutorOptions, RunOptions, config_hash
+from ..config import EXECUTION_FIELDS, ExecutorOptions, RunOptions, config_hash
 from ..engine import GenerationConfig, TrainConfig
 from ..lora import LoRAConfig
 from ..models import EMBEDDED
@@ -56,7 +56,7 @@ class KnowledgeTrainConfig(RunOptions, ExecutorOptions, AnswerOptions):
 
 
 def run_train(cfg: KnowledgeTrainConfig):
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"knowledge-train-{config_hash(cfg, exclude=('out', 'progress'))}"
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"knowledge-train-{config_hash(cfg, exclude=EXECUTION_FIELDS)}"
     run = RunDir(out, cfg)
     print(f"run directory: {out}" + (f" (resuming: {run.resumed} finished units)" if run.resumed else ""))
     passages = load_passages(cfg.data)
