@@ -55,7 +55,8 @@ class ProcessExecutor:
     """Worker processes on this machine, each holding a SelfEditEvaluator and using cores // workers torch
     threads; job groups and sampling calls are spread over them. A batch of one task (one sampling call,
     one job group) runs on all the cores instead of leaving the other workers' cores idle. Started with
-    `spawn` (a forked torch with threads already running can deadlock)."""
+    `spawn` (a forked torch with threads already running can deadlock), so a script using it from Python
+    must guard its entry point with `if __name__ == "__main__":` (the `seal` command does)."""
 
     def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True):
         import multiprocessing
@@ -68,6 +69,7 @@ class ProcessExecutor:
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_worker, initargs=(spec,))
         self.n_slots = spec.n_slots
+        self.progress = progress  # workers show no bars; sampling calls get one here (evaluations: run_jobs)
 
     def _threads(self, n_tasks: int) -> int:
         return self.all_threads if n_tasks == 1 else self.threads
@@ -77,9 +79,11 @@ class ProcessExecutor:
 
     def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
         """All calls submitted at once, results yielded in call order."""
+        from tqdm.auto import tqdm
+
         futures = [self.pool.submit(_worker_sample, (list(c[0]), *c[1:]), self._threads(len(calls))) for c in calls]
         try:
-            for f in futures:
+            for f in tqdm(futures, desc="self-edit sampling calls", disable=not self.progress or len(calls) < 2):
                 yield f.result()
         finally:  # the caller stopped early (an error, Ctrl-C): queued calls must not run on, or hold up exit
             for f in futures:
@@ -146,8 +150,10 @@ class RayExecutor:
     def sample_many(self, calls: Sequence[tuple]) -> Iterator[tuple[list[list[str]], float, int]]:
         """Calls spread over the actors, results yielded in call order."""
         from ray.util import ActorPool
+        from tqdm.auto import tqdm
 
-        yield from ActorPool(self.actors).map(lambda a, c: a.sample_self_edits.remote(list(c[0]), *c[1:]), calls)
+        results = ActorPool(self.actors).map(lambda a, c: a.sample_self_edits.remote(list(c[0]), *c[1:]), calls)
+        yield from tqdm(results, total=len(calls), desc="self-edit sampling calls", disable=not self.progress or len(calls) < 2)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from ray.util import ActorPool
