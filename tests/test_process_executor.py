@@ -15,3 +15,26 @@ def test_processes_executor_rejects_bad_worker_counts():
         ProcessExecutor(EvaluatorSpec(model="tiny-random", domain=None), workers=0)
     with pytest.raises(ValueError, match="processes"):
         make_executor(EvaluatorSpec(model="tiny-random", domain=None), "threads")
+
+
+def test_processes_executor_stops_its_workers_when_the_caller_stops():
+    """A caller that stops early (an error, Ctrl-C) must not leave workers running queued tasks for minutes."""
+    import time
+
+    ex = ProcessExecutor(EvaluatorSpec(model="tiny-random", domain=None, device="cpu", dtype="float32"), workers=2)
+    futures = [ex.pool.submit(time.sleep, 60) for _ in range(4)]
+    time.sleep(1.0)  # let the workers start and take the first tasks
+    pids = [p.pid for p in ex.pool._processes.values()]
+
+    def running(pid):  # (the pool's own thread may reap the process first, so not Process.is_alive)
+        try:
+            return open(f"/proc/{pid}/stat").read().split(") ")[1][0] not in "ZX"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    assert len(pids) == 2 and all(running(pid) for pid in pids)
+    ex._abort(futures)
+    deadline = time.time() + 10
+    while any(running(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in pids) and all(f.done() for f in futures)

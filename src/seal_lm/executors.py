@@ -85,9 +85,9 @@ class ProcessExecutor:
         try:
             for f in tqdm(futures, desc="self-edit sampling calls", disable=not self.progress or len(calls) < 2):
                 yield f.result()
-        finally:  # the caller stopped early (an error, Ctrl-C): queued calls must not run on, or hold up exit
-            for f in futures:
-                f.cancel()
+        finally:  # (a consumer like zip() may never resume the generator after its last result: not an abort)
+            if not all(f.done() for f in futures):
+                self._abort(futures)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from concurrent.futures import as_completed
@@ -98,8 +98,18 @@ class ProcessExecutor:
             for f in as_completed(futures):  # results are keyed by job, so order is irrelevant
                 yield f.result()
         finally:
-            for f in futures:
-                f.cancel()
+            if not all(f.done() for f in futures):
+                self._abort(futures)
+
+    def _abort(self, futures) -> None:
+        """The caller stopped early (an error, Ctrl-C): stop the workers now. Otherwise the queued tasks (and
+        those already handed to a worker, which cannot be cancelled) run on for minutes and hold up exit.
+        Finished results were recorded by the caller, so a resumed run loses nothing."""
+        for f in futures:
+            f.cancel()
+        for proc in list(getattr(self.pool, "_processes", {}).values()):  # no public API before Python 3.14
+            proc.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
