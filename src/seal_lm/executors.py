@@ -107,7 +107,7 @@ class ProcessExecutor:
         Finished results were recorded by the caller, so a resumed run loses nothing."""
         for f in futures:
             f.cancel()
-        for proc in list(getattr(self.pool, "_processes", {}).values()):  # no public API before Python 3.14
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):  # no public API before Python 3.14
             proc.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
