@@ -126,6 +126,24 @@ def test_length_groups_give_the_same_training_as_one_padded_batch(tiny, monkeypa
             torch.testing.assert_close(t, single.lora.adapter_state(k)[name], rtol=1e-3, atol=1e-4)
 
 
+def _train_packed_and_padded(loaded, plans, n_slots, slots):
+    """Train `plans` on copies of a float64 `loaded` with packed and with padded steps; assert equal losses and
+    adapters (fp32 adapters and gradients on a float64 model: differences of ~1e-7 remain). Returns the stats."""
+    runs = {}
+    for batching in ("packed", "padded"):
+        model = copy.deepcopy(loaded)
+        model.model.to(torch.float64)
+        eng = Engine(model, n_slots=n_slots, lora=LoRAConfig(r=4, alpha=8))
+        stats = eng.train(plans, dataclasses.replace(CFG, batching=batching), progress=False, slots=slots)
+        runs[batching] = stats, [eng.lora.adapter_state(k) for k in slots]
+    (p, p_state), (q, q_state) = runs["packed"], runs["padded"]
+    for k in range(len(plans)):
+        torch.testing.assert_close(torch.tensor(p.losses[k]), torch.tensor(q.losses[k]), rtol=1e-6, atol=1e-5)
+        for name, t in p_state[k].items():
+            torch.testing.assert_close(t, q_state[k][name], rtol=1e-5, atol=2e-6)
+    return p, q
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_training_equals_padded(tiny, attention):
     """Packed steps (the CPU default: one row, no padding, attention split per sequence, adapters by token
@@ -133,29 +151,14 @@ def test_packed_training_equals_padded(tiny, attention):
     In float64: in fp32 Adam turns summation-order noise on ~0 gradients into weight differences of ~1e-3.
     With `eager` attention (what `batching: packed` meets off the CPU-sdpa path) transformers must mask
     attention to each sequence from the restarting position ids."""
-    import copy
-
     tiny.model.set_attn_implementation(attention)
-
     plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the "
                                                                    "river Ul, which runs under all of them.")], seed=1),
              TrainPlan([("", "tiny"), ("", "also tiny"), ("", "a third line")], seed=2),
              TrainPlan([("", "one line only, but a longer one than most of the others")], seed=3, epochs=5)]
-    runs = {}
-    for batching in ("packed", "padded"):
-        model = copy.deepcopy(tiny)
-        model.model.to(torch.float64)
-        eng = Engine(model, n_slots=4, lora=LoRAConfig(r=4, alpha=8))
-        stats = eng.train(plans, dataclasses.replace(CFG, batching=batching), progress=False, slots=[3, 0, 2])
-        runs[batching] = stats, [eng.lora.adapter_state(k) for k in (3, 0, 2)]
-    (p, p_state), (q, q_state) = runs["packed"], runs["padded"]
+    p, q = _train_packed_and_padded(tiny, plans, n_slots=4, slots=[3, 0, 2])
     assert p.tokens == q.tokens == p.padded_tokens < q.padded_tokens and p.trained_tokens == q.trained_tokens
     assert p.steps == q.steps == 6
-    for k in range(3):
-        # adapters and their gradients are fp32 even on a float64 model: differences of ~1e-7 remain
-        torch.testing.assert_close(torch.tensor(p.losses[k]), torch.tensor(q.losses[k]), rtol=1e-6, atol=1e-5)
-        for name, t in p_state[k].items():
-            torch.testing.assert_close(t, q_state[k][name], rtol=1e-5, atol=2e-6)
     assert p.losses[2][-1] < p.losses[2][0]
 
 
@@ -173,19 +176,10 @@ def test_packed_training_equals_padded_on_other_architectures(tiny, arch):
     cfg = Qwen2Config(**dims) if arch == "qwen2" else MistralConfig(**dims, sliding_window=4)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64)
+    base = LoadedModel(model=AutoModelForCausalLM.from_config(cfg), tokenizer=tok, name=arch)
     plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the river.")], seed=1),
              TrainPlan([("", "tiny"), ("", "also tiny"), ("", "a third line")], seed=2)]
-    runs = {}
-    for batching in ("packed", "padded"):
-        eng = Engine(LoadedModel(model=copy.deepcopy(base), tokenizer=tok, name=arch), n_slots=2, lora=LoRAConfig(r=4, alpha=8))
-        stats = eng.train(plans, dataclasses.replace(CFG, batching=batching), progress=False)
-        runs[batching] = stats.losses, [eng.lora.adapter_state(k) for k in range(2)]
-    (p_loss, p_state), (q_loss, q_state) = runs["packed"], runs["padded"]
-    for k in range(2):
-        torch.testing.assert_close(torch.tensor(p_loss[k]), torch.tensor(q_loss[k]), rtol=1e-6, atol=1e-5)
-        for name, t in p_state[k].items():
-            torch.testing.assert_close(t, q_state[k][name], rtol=1e-5, atol=2e-6)
+    _train_packed_and_padded(base, plans, n_slots=2, slots=[0, 1])
 
 
 def test_packed_batch_targets_stay_within_each_row():

@@ -67,7 +67,8 @@ left out of default run-directory names, and free to change when a run is resume
 
 @dataclasses.dataclass
 class ExecutorOptions:
-    """Where self-edit evaluations run: in this process, or on Ray actors that each hold the model."""
+    """Where self-edit evaluations run: in this process, in worker processes, or on Ray actors (each holding
+    the model)."""
 
     executor: str = "local"
     """local (this process), processes (worker processes on this machine, each holding the model: faster
@@ -81,6 +82,11 @@ class ExecutorOptions:
     """Ray actors, each holding the model."""
     ray_gpus_per_actor: float = 0.0
     """GPUs each Ray actor reserves (e.g. 1, or 0.5 to pack two per GPU)."""
+
+    def executor_kwargs(self) -> dict:
+        """These options as `executors.make_executor` keyword arguments (beside `executor` itself)."""
+        return {"workers": self.workers, "ray_address": self.ray_address, "ray_actors": self.ray_actors,
+                "ray_gpus_per_actor": self.ray_gpus_per_actor}
 
 
 def ordered_fields(cls) -> list[dataclasses.Field]:

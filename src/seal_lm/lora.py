@@ -154,7 +154,8 @@ class TokenRoute:
     @classmethod
     def build(cls, segments: list[tuple[int, int, int]], n_tokens: int, device, chunk: int | None = None) -> "TokenRoute":
         """`chunk`: tokens per grid row (default: `grid_width` of the adapters' token counts)."""
-        width = min(chunk or grid_width([hi - lo for _, lo, hi in segments]), max(hi - lo for _, lo, hi in segments))
+        lengths = [hi - lo for _, lo, hi in segments]
+        width = min(chunk, max(lengths)) if chunk else grid_width(lengths)
         slots, gather, cells, tokens = [], [], [], []
         for k, lo, hi in segments:
             for c in range(lo, hi, width):

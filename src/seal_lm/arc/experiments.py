@@ -75,8 +75,7 @@ class _Executors:
             c = self.cfg
             spec = EvaluatorSpec(model=model, domain=self.domain, lora=c.lora, train=c.train, n_slots=c.slots,
                                  device=c.device, dtype=c.dtype)
-            self.ex = make_executor(spec, c.executor, c.ray_address, c.ray_actors, c.ray_gpus_per_actor, c.progress,
-                                     workers=c.workers)
+            self.ex = make_executor(spec, c.executor, progress=c.progress, **c.executor_kwargs())
             self.model = model
             self.loads += 1
         return self.ex
@@ -278,11 +277,9 @@ def run_arc_train(cfg: ArcTrainConfig) -> list[RoundSummary]:
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner,
                         redraws=cfg.redraws)
-    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors, "ray_gpus_per_actor": cfg.ray_gpus_per_actor,
-          "workers": cfg.workers}
     summaries = run_rest_em(rcfg, tasks, domain.context_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                            executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
+                            executor=cfg.executor, executor_kwargs=cfg.executor_kwargs(), progress=cfg.progress)
     lines = ["| round | ICL (baseline) | mean reward | selected reward | SFT examples | invalid recipes | wall s |",
              "|---|---|---|---|---|---|---|"]
     for s in summaries:

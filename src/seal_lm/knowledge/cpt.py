@@ -76,8 +76,7 @@ def run_cpt(cfg: KnowledgeEvalConfig) -> dict:
     sources: dict[str, list[str | None]] = {}
     spec = EvaluatorSpec(model=cfg.model, domain=CorpusDomain(domain), lora=cfg.lora, train=cfg.train,
                          n_slots=max(1, cfg.slots), device=cfg.device, dtype=cfg.dtype)
-    ex = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress,
-                             workers=cfg.workers)
+    ex = make_executor(spec, cfg.executor, progress=cfg.progress, **cfg.executor_kwargs())
     if "own" in cfg.conditions:
         sample_with_generator(cfg.model, passages, cfg_one, domain, run, "own", executor=ex)
         sources["own"] = [run.get(f"gen/own/{p.passage_id}")["self_edits"][0] for p in passages]

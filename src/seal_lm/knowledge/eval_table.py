@@ -120,8 +120,7 @@ def run_by_learner(cfg: KnowledgeEvalConfig, jobs: list[Job], learner_of: dict[s
     for model, js in by_model.items():
         spec = EvaluatorSpec(model=model, domain=domain, lora=cfg.lora, train=cfg.train,
                              n_slots=cfg.slots, device=cfg.device, dtype=cfg.dtype)
-        ex = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress,
-                             workers=cfg.workers)
+        ex = make_executor(spec, cfg.executor, progress=cfg.progress, **cfg.executor_kwargs())
         try:
             run_jobs(ex, js, on_result=on_result, progress=cfg.progress, desc=f"{desc} (learner {model})")
         finally:
@@ -242,8 +241,7 @@ def run_eval(cfg: KnowledgeEvalConfig, title: str = "Knowledge incorporation (no
     spec = EvaluatorSpec(model=cfg.model, domain=domain, lora=cfg.lora, train=cfg.train, n_slots=cfg.slots,
                          device=cfg.device, dtype=cfg.dtype)
     t_start = time.perf_counter()
-    executor = make_executor(spec, cfg.executor, cfg.ray_address, cfg.ray_actors, cfg.ray_gpus_per_actor, cfg.progress,
-                             workers=cfg.workers)
+    executor = make_executor(spec, cfg.executor, progress=cfg.progress, **cfg.executor_kwargs())
 
     # ---- self-edits: own samples, then other generators (each recorded per passage)
     sources: dict[str, str] = {}

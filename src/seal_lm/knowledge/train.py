@@ -64,11 +64,9 @@ def run_train(cfg: KnowledgeTrainConfig):
     rcfg = RestEMConfig(rounds=cfg.rounds, contexts_per_round=cfg.passages_per_round, k=cfg.k, seeds=cfg.seeds,
                         selection=cfg.selection, min_gain=cfg.min_gain, generation=cfg.generation,
                         sft_lora=cfg.sft_lora, sft=cfg.sft, separate_learner=cfg.separate_learner)
-    kw = {"ray_address": cfg.ray_address, "ray_actors": cfg.ray_actors, "ray_gpus_per_actor": cfg.ray_gpus_per_actor,
-          "workers": cfg.workers}
     summaries = run_rest_em(rcfg, passages, lambda p: p.passage_id, domain, cfg.model, run, cfg.lora, cfg.train,
                             n_slots=cfg.slots, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-                            executor=cfg.executor, executor_kwargs=kw, progress=cfg.progress)
+                            executor=cfg.executor, executor_kwargs=cfg.executor_kwargs(), progress=cfg.progress)
     lines = ["| round | baseline | mean reward | selected reward | reward std within passage | best > baseline "
              "| SFT examples | invalid | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
