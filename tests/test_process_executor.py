@@ -15,6 +15,12 @@ def test_processes_executor_rejects_bad_worker_counts():
         ProcessExecutor(EvaluatorSpec(model="tiny-random", domain=None), workers=0)
     with pytest.raises(ValueError, match="processes"):
         make_executor(EvaluatorSpec(model="tiny-random", domain=None), "threads")
+    from seal_lm.knowledge.train import KnowledgeTrainConfig
+
+    with pytest.raises(ValueError, match="workers"):  # a bad CLI flag fails when the config is built
+        KnowledgeTrainConfig(executor="processes", workers=0)
+    with pytest.raises(ValueError, match="local, processes or ray"):
+        KnowledgeTrainConfig(executor="threads")
 
 
 def test_processes_executor_stops_its_workers_when_the_caller_stops():

@@ -83,6 +83,12 @@ class ExecutorOptions:
     ray_gpus_per_actor: float = 0.0
     """GPUs each Ray actor reserves (e.g. 1, or 0.5 to pack two per GPU)."""
 
+    def __post_init__(self):
+        if self.executor not in ("local", "processes", "ray"):
+            raise ValueError(f"executor must be local, processes or ray, got {self.executor!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
     def executor_kwargs(self) -> dict:
         """These options as `executors.make_executor` keyword arguments (beside `executor` itself)."""
         return {"workers": self.workers, "ray_address": self.ray_address, "ray_actors": self.ray_actors,
