@@ -193,17 +193,13 @@ def test_packed_batch_targets_stay_within_each_row():
     assert _token_ranges([4, 4, 1], [3, 2, 1]) == [(4, 0, 5), (1, 5, 6)]
     with pytest.raises(ValueError, match="batching"):
         TrainConfig(batching="jagged")
-    from seal_lm.lora import grid_width
-
-    assert grid_width([1000, 980]) == 1000  # two long adapters: one grid row each
-    assert grid_width([600] + [40] * 7) < 600  # one long beside short ones: chunks, not 8 rows of 600
-    assert grid_width([5, 3]) == 5
 
 
-@pytest.mark.parametrize("chunk,biased", [(3, False), (32, False), (3, True)])
-def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk, biased):
-    """_SegmentLoRA (packed steps) == the per-token reference under autograd, for x, y, A and B; a second
-    call adds into the existing .grad; tokens outside every range get no adapter. `biased`: y is the output
+@pytest.mark.parametrize("per_block,biased", [(1, False), (2, False), (None, False), (None, True)])
+def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(per_block, biased):
+    """_SegmentLoRA (packed steps) == the per-token reference under autograd, for x, y, A and B, with one
+    adapter per block, blocks of two and all adapters in one masked block; a second call adds into the
+    existing .grad; tokens outside every range get no adapter. `biased`: y is the output
     of a linear layer with a bias, which F.linear returns as a view (Qwen2's q/k/v projections): updating
     it in place must not mix up the gradients of x and y."""
     from seal_lm.lora import TokenRoute, _SegmentLoRA
@@ -213,7 +209,8 @@ def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk, bi
     A0 = torch.randn(k, r, d_in, generator=g, dtype=torch.float64)
     B0 = torch.randn(k, d_out, r, generator=g, dtype=torch.float64)
     # tokens 9, 10 of call 1 and 0, 1 of call 2 have no adapter; call 3 routes every token
-    calls = [[(2, 0, 4), (0, 4, 9)], [(1, 2, 11)], [(0, 0, 6), (2, 6, 11)]]
+    # call 4: three adapters, so blocks of two hold a masked pair and a single; 1 and 2 are a slot range
+    calls = [[(2, 0, 4), (0, 4, 9)], [(1, 2, 11)], [(0, 0, 6), (2, 6, 11)], [(1, 0, 3), (2, 3, 5), (3, 6, 10)]]
 
     def reference(x, y, A, B, segments, scale):
         out = y
@@ -224,7 +221,7 @@ def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk, bi
         return out
 
     grads = {}
-    ours = lambda x, y, A, B, seg, scale: _SegmentLoRA.apply(y, x, A, B, TokenRoute.build(seg, T, "cpu", chunk), scale, True)  # noqa: E731
+    ours = lambda x, y, A, B, seg, scale: _SegmentLoRA.apply(y, x, A, B, TokenRoute.build(seg, T, "cpu", r, per_block), scale, True)  # noqa: E731
     W0, bias0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64), torch.randn(d_out, generator=g, dtype=torch.float64)
     for name, fn in (("ours", ours), ("autograd", reference)):
         A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
@@ -245,11 +242,15 @@ def test_segment_lora_gradients_equal_autograd_and_accumulate_in_place(chunk, bi
     torch.testing.assert_close(b1, b2)
     for u, v in zip(o1, o2):
         torch.testing.assert_close(u, v)
-    assert a1[3].abs().sum() == 0 and all(a1[j].abs().sum() > 0 for j in range(3))
-    route = TokenRoute.build(calls[0], T, "cpu", chunk)
-    assert not route.covers_all and TokenRoute.build(calls[2], T, "cpu", chunk).covers_all
-    # chunk 3: adapter 2's tokens 0-3 in rows of 3 + 1, adapter 0's 4-8 in 3 + 2; one row each otherwise
-    assert route.slots.tolist() == ([2, 2, 0, 0] if chunk == 3 else [2, 0]) and int(route.real.sum()) == 9
+    assert all(a1[j].abs().sum() > 0 for j in range(4))
+    route = TokenRoute.build(calls[0], T, "cpu", r, per_block)
+    assert not route.covers_all and TokenRoute.build(calls[2], T, "cpu", r, per_block).covers_all
+    # call 4: blocks of at most per_block adapters (default: all of them at r=3), in token order
+    blocks = TokenRoute.build(calls[3], T, "cpu", r, per_block).blocks
+    want = {1: [[1], [2], [3]], 2: [[1, 2], [3]], None: [[1, 2, 3]]}[per_block]
+    assert [b.slots for b in blocks] == want and [b.mask is None for b in blocks] == [len(w) == 1 for w in want]
+    if per_block is None:  # token 5 belongs to no adapter: its mask row is all zero
+        assert blocks[0].mask[5].sum() == 0 and blocks[0].mask[6].tolist() == [0] * 6 + [1] * 3
     from seal_lm.lora import MultiLoRA
 
     lora = MultiLoRA(torch.nn.Sequential(torch.nn.Linear(4, 4)), 3, LoRAConfig(r=2, target_modules=("0",)))

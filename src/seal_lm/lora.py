@@ -134,79 +134,98 @@ class _RowLoRA(torch.autograd.Function):
         return grad_x, (g if need_y else None), grad_a, grad_b, None, None, None
 
 
+# Adapters per block of a packed pass: as many as fit in this many LoRA columns (blocks * r). Measured on the
+# 2-core Xeon (AMX) of docs/RESULTS.md, forward + backward of one wrapped linear at a ReST-EM step's shapes
+# (r=16, 4-32 adapters of 45-200 tokens; benchmarks/packed_lora.py): 8 adapters per block (128 columns) were
+# fastest or within noise at every shape; 1 per block (a loop over adapters) up to 2x slower, all in one block
+# 1.5x slower at 32 adapters (its wasted FLOPs grow with the square of the adapter count).
+BLOCK_COLUMNS = 128
+
+
+@dataclass
+class RouteBlock:
+    """Adapters `slots` (consecutive in token order) on tokens [lo, hi) of a packed pass."""
+
+    slots: list[int]
+    lo: int
+    hi: int
+    mask: torch.Tensor | None  # [hi - lo, len(slots) * r]: 1 where the token's adapter owns the column; None: one adapter
+    index: torch.Tensor | None  # the slots as an index tensor, None when they are a contiguous range
+    _masks: dict = field(default_factory=dict)  # (dtype, scale) -> mask * scale in dtype
+
+    def take(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The block's slices of a stacked [K, ...] adapter tensor (a view when the slots are a range)."""
+        return stacked[self.slots[0] : self.slots[-1] + 1] if self.index is None else stacked.index_select(0, self.index)
+
+    def scale_of(self, dtype: torch.dtype, scale: float):
+        """What h = x A^T is multiplied by: the scale (one adapter) or the scaled mask, made once per pass."""
+        if self.mask is None:
+            return scale
+        m = self._masks.get((dtype, scale))
+        if m is None:
+            m = self._masks[(dtype, scale)] = (self.mask * scale).to(dtype)
+        return m
+
+
 @dataclass
 class TokenRoute:
-    """Where the adapters of a packed pass sit (MultiLoRA.packed), as index tensors built once per pass and
-    shared by every wrapped linear. Each adapter's token range is cut into chunks of at most `width` tokens
-    (`grid_width`); chunk i (adapter slots[i]) is row i of a [len(slots), width] grid, padded at its end.
-    Chunks rather than one row per adapter: one adapter holding a 150-token passage beside seven 40-token
-    lines would pad every row to 150 (a grid ~4x the tokens), while each extra chunk only copies one more
-    A and B."""
+    """Where the adapters of a packed pass sit (MultiLoRA.packed), built once per pass and shared by every
+    wrapped linear: the adapters' token ranges, in token order, grouped into blocks of up to
+    `BLOCK_COLUMNS // r` adapters. A block's LoRA is two plain matmuls over its token range against its
+    adapters' A and B side by side, h = x [A_1; ...; A_G]^T and y += h [B_1 ... B_G]^T, with h masked so each
+    token keeps only its own adapter's r columns: every adapter's exact update, G times its FLOPs."""
 
-    slots: torch.Tensor  # [chunks]: the adapter of each grid row
-    gather: torch.Tensor  # [chunks * width]: the token at each grid cell (a pad cell repeats its row's first token)
-    cells: torch.Tensor  # [n]: the grid cell of each routed token, in the order of `tokens`
-    tokens: torch.Tensor  # [n]: the routed tokens (every token of the batch when `covers_all`)
-    real: torch.Tensor  # [chunks, width, 1]: 1 on cells holding a token, 0 on pad cells
-    width: int
-    covers_all: bool
+    blocks: list[RouteBlock]
+    n_tokens: int
+    covers_all: bool  # every token of the pass belongs to some adapter
 
     @classmethod
-    def build(cls, segments: list[tuple[int, int, int]], n_tokens: int, device, chunk: int | None = None) -> "TokenRoute":
-        """`chunk`: tokens per grid row (default: `grid_width` of the adapters' token counts)."""
-        lengths = [hi - lo for _, lo, hi in segments]
-        width = min(chunk, max(lengths)) if chunk else grid_width(lengths)
-        slots, gather, cells, tokens = [], [], [], []
-        for k, lo, hi in segments:
-            for c in range(lo, hi, width):
-                n, row = min(width, hi - c), len(slots)
-                slots.append(k)
-                gather += list(range(c, c + n)) + [c] * (width - n)
-                cells += range(row * width, row * width + n)
-                tokens += range(c, c + n)
-        real = torch.zeros(len(slots) * width)
-        real[cells] = 1
-        t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
-        return cls(t(slots), t(gather), t(cells), t(tokens), real.view(-1, width, 1).to(device), width,
-                   tokens == list(range(n_tokens)))
-
-
-def grid_width(lengths: list[int], chunk_cost: int = 64) -> int:
-    """The chunk width minimising a packed grid's cells plus `chunk_cost` cells' worth per chunk (each chunk
-    copies its adapter's A and B forward and writes a gradient row backward). Measured: on ReST-EM steps
-    (r=16, ~8 adapters of 20-200 tokens) widths 16, 32 and 64 train alike; on ARC steps (r=128, 2 adapters
-    of ~1000 tokens) 32-token chunks trained 13% slower than one row per adapter, which this picks there."""
-    longest = max(lengths)
-    widths = sorted({longest} | {w for w in (16, 32, 64, 128, 256, 512) if w < longest})
-    return min(widths, key=lambda w: sum(-(-n // w) for n in lengths) * (w + chunk_cost))
+    def build(cls, segments: list[tuple[int, int, int]], n_tokens: int, device, r: int,
+              per_block: int | None = None) -> "TokenRoute":
+        """`per_block`: adapters per block (default BLOCK_COLUMNS // r, at least 1)."""
+        per_block = per_block or max(1, BLOCK_COLUMNS // r)
+        blocks = []
+        for b in range(0, len(segments), per_block):
+            part = segments[b : b + per_block]
+            slots, lo, hi = [k for k, _, _ in part], part[0][1], part[-1][2]
+            mask = None
+            if len(part) > 1:
+                mask = torch.zeros(hi - lo, len(part) * r)
+                for j, (_, s_lo, s_hi) in enumerate(part):
+                    mask[s_lo - lo : s_hi - lo, j * r : (j + 1) * r] = 1
+                mask = mask.to(device)
+            contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+            index = None if contiguous else torch.tensor(slots, dtype=torch.long, device=device)
+            blocks.append(RouteBlock(slots, lo, hi, mask, index))
+        covered = sum(hi - lo for _, lo, hi in segments)
+        return cls(blocks, n_tokens, covered == n_tokens)
 
 
 class _SegmentLoRA(torch.autograd.Function):
     """Packed sequences: y + scale * (x A_k^T) B_k^T for the tokens of each adapter k, as one autograd node.
 
     x and y are [1, T, features] (or [T, features]): a training step's rows concatenated, sorted by adapter,
-    so each adapter's tokens are one range. They are gathered into a grid of chunks (`TokenRoute`) and
-    projected with bmm against each chunk's A and B: a fixed ~10 ops per wrapped linear, where a loop over
-    the adapters costs ~12 small ops per adapter (measured: LoRA then took 31% of a packed step). Pad cells
-    are zeroed in the backward, so they add nothing to any gradient. y, the frozen base layer's fresh
-    output, which no other autograd node saved, is updated in place. y is the first input: when it is a
-    view (F.linear with a bias returns one for 3-D input), autograd's CopySlices, which rebases an in-place
-    change of a view, takes the first input's gradient as the view's."""
+    so each adapter's tokens are one range. Per block of adapters (`TokenRoute`): h = x[lo:hi] A^T against the
+    block's A stacked, masked to each token's own adapter, then y[lo:hi] += h B^T, and the backward is four
+    plain matmuls whose products are the block's stacked gradients directly. Plain matmuls, not one small
+    matmul per adapter or a bmm over a gathered grid of token chunks (the layout before session 8): on a CPU
+    with AMX a bf16 mm of these shapes runs ~10x the rate of such a bmm, and a gather-free layout also drops
+    the grid's index_select copies (measured: 2x less LoRA time per linear at 8 adapters, see RESULTS).
+    y, the frozen base layer's fresh output, which no other autograd node saved, is updated in place. y is
+    the first input: when it is a view (F.linear with a bias returns one for 3-D input), autograd's
+    CopySlices, which rebases an in-place change of a view, takes the first input's gradient as the view's."""
 
     @staticmethod
     def forward(ctx, y, x, lora_A, lora_B, route: TokenRoute, scale, grads_in_place=False):
         x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
-        u = len(route.slots)
-        a = lora_A.index_select(0, route.slots).to(x.dtype)  # [chunks, r, in]
-        b = lora_B.index_select(0, route.slots).to(x.dtype)  # [chunks, out, r]
-        x_grid = x2.index_select(0, route.gather).view(u, route.width, -1)
-        h = torch.bmm(x_grid, a.transpose(1, 2))  # [chunks, width, r]
-        delta = torch.bmm(h, b.transpose(1, 2)).view(u * route.width, -1).index_select(0, route.cells)
-        if route.covers_all:
-            y2.add_(delta, alpha=scale)
-        else:
-            y2.index_add_(0, route.tokens, delta, alpha=scale)
-        ctx.save_for_backward(x_grid, a, b, h)
+        saved = []
+        for blk in route.blocks:
+            a = blk.take(lora_A).to(x.dtype).reshape(-1, x2.shape[1])  # [G*r, in]
+            bt = blk.take(lora_B).to(x.dtype).transpose(1, 2).reshape(-1, y2.shape[1])  # [G*r, out]
+            h = (x2[blk.lo : blk.hi] @ a.t()).mul_(blk.scale_of(x.dtype, scale))  # [n, G*r], scaled, masked
+            y2[blk.lo : blk.hi].addmm_(h, bt)
+            saved += [a, bt, h]
+        ctx.save_for_backward(x2, *saved)
         ctx.route, ctx.scale, ctx.params, ctx.in_place = route, scale, (lora_A, lora_B), grads_in_place
         ctx.x_shape = x.shape
         ctx.mark_dirty(y)
@@ -214,26 +233,46 @@ class _SegmentLoRA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x_grid, a, b, h = ctx.saved_tensors
+        x2, *saved = ctx.saved_tensors
         route = ctx.route
         need_y, need_x, need_a, need_b = ctx.needs_input_grad[:4]
+        lora_A, lora_B = ctx.params
         g2 = g.reshape(-1, g.shape[-1])
-        g_grid = g2.index_select(0, route.gather).view(len(route.slots), route.width, -1).mul_(route.real)
-        g_h = torch.bmm(g_grid, b).mul_(ctx.scale)  # [chunks, width, r]: d loss / d h (0 on pad cells)
         grad_x = None
         if need_x:
-            rows = torch.bmm(g_h, a).view(-1, a.shape[-1]).index_select(0, route.cells)
-            if route.covers_all:
-                grad_x = rows.view(ctx.x_shape)
-            else:
-                grad_x = torch.zeros(ctx.x_shape, dtype=rows.dtype, device=rows.device)
-                grad_x.view(-1, rows.shape[-1]).index_copy_(0, route.tokens, rows)
-        lora_A, lora_B = ctx.params
-        grad_a = _add_rows(lora_A, route.slots, torch.bmm(g_h.transpose(1, 2), x_grid), ctx.in_place) \
-            if need_a else None
-        grad_b = _add_rows(lora_B, route.slots, torch.bmm(g_grid.transpose(1, 2), h).mul_(ctx.scale), ctx.in_place) \
-            if need_b else None
-        return (g if need_y else None), grad_x, grad_a, grad_b, None, None, None
+            grad_x = (torch.empty if route.covers_all else torch.zeros)(x2.shape, dtype=g.dtype, device=g.device)
+        grad_a = _RowsInto(lora_A, ctx.in_place) if need_a else None
+        grad_b = _RowsInto(lora_B, ctx.in_place) if need_b else None
+        for i, blk in enumerate(route.blocks):
+            a, bt, h = saved[3 * i : 3 * i + 3]
+            g_blk = g2[blk.lo : blk.hi]
+            g_h = (g_blk @ bt.t()).mul_(blk.scale_of(g.dtype, ctx.scale))  # d loss / d (x A^T), own columns only
+            if need_x:
+                torch.mm(g_h, a, out=grad_x[blk.lo : blk.hi])
+            n = len(blk.slots)
+            if need_a:
+                grad_a.add(blk, (g_h.t() @ x2[blk.lo : blk.hi]).view(n, -1, x2.shape[1]))  # [G, r, in]
+            if need_b:
+                grad_b.add(blk, (g_blk.t() @ h).view(g2.shape[1], n, -1).transpose(0, 1))  # [G, out, r]
+        return ((g if need_y else None), (grad_x.view(ctx.x_shape) if need_x else None),
+                (grad_a.result() if need_a else None), (grad_b.result() if need_b else None), None, None, None)
+
+
+class _RowsInto:
+    """The [K, ...] gradient of a stacked adapter parameter, accumulated block by block (see _add_rows)."""
+
+    def __init__(self, param: nn.Parameter, in_place: bool):
+        self.param, self.in_place = param, in_place and param.grad is not None
+        self.grad = param.grad if self.in_place else torch.zeros_like(param)
+
+    def add(self, blk: RouteBlock, rows: torch.Tensor) -> None:
+        if blk.index is None:
+            self.grad[blk.slots[0] : blk.slots[-1] + 1].add_(rows)
+        else:
+            self.grad.index_add_(0, blk.index, rows.to(self.grad.dtype))
+
+    def result(self) -> torch.Tensor | None:
+        return None if self.in_place else self.grad
 
 
 def _add_rows(param: nn.Parameter, index: torch.Tensor, rows: torch.Tensor, in_place: bool) -> torch.Tensor | None:
@@ -345,7 +384,7 @@ class MultiLoRA:
             raise ValueError(f"packed(): need non-empty ordered token ranges in [0, {n_tokens}) of distinct "
                              f"adapters in [0, {self.n_adapters}), got {segments}")
         prev = self.token_route
-        self.token_route = TokenRoute.build(segments, n_tokens, self.modules[0][1].lora_A.device)
+        self.token_route = TokenRoute.build(segments, n_tokens, self.modules[0][1].lora_A.device, self.cfg.r)
         try:
             yield
         finally:
