@@ -24,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from .linear_ce import capped_cross_entropy, linear_cross_entropy
 from .lora import BatchedAdamW, LoRAConfig, MultiLoRA, clip_grad_norm_per_adapter
 from .models import DTYPES, LoadedModel
+from .norms import fuse_rms_norms
 
 
 def _check_compute_dtype(name: str, field: str) -> None:
@@ -191,12 +192,16 @@ class Engine:
         self.lora.noop_slots = {self.base_slot}
         bos = self.tokenizer.bos_token_id
         self._adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
-        self._cpu_attention(self.model)
+        self._cpu_kernels(self.model)
         self._train_models: dict[torch.dtype, torch.nn.Module] = {}
 
-    def _cpu_attention(self, model) -> None:
-        if self.device.type == "cpu" and getattr(model.config, "_attn_implementation", None) == "sdpa":
+    def _cpu_kernels(self, model) -> None:
+        """On a CPU: the packed-sequence attention (_cpu_sdpa) and one-node RMSNorms (norms.py)."""
+        if self.device.type != "cpu":
+            return
+        if getattr(model.config, "_attn_implementation", None) == "sdpa":
             model.set_attn_implementation(_CPU_SDPA)
+        fuse_rms_norms(model)
 
     def compute_model(self, compute_dtype: str = "auto") -> torch.nn.Module:
         """The model that runs training passes or decodes: this one, or (made once) a copy of its frozen
@@ -207,7 +212,7 @@ class Engine:
             return self.model
         if dtype not in self._train_models:
             twin = self.lora.mirror(dtype)
-            self._cpu_attention(twin)
+            self._cpu_kernels(twin)
             self._train_models[dtype] = twin
         return self._train_models[dtype]
 
