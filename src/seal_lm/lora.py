@@ -134,11 +134,9 @@ class _RowLoRA(torch.autograd.Function):
         return grad_x, (g if need_y else None), grad_a, grad_b, None, None, None
 
 
-# Adapters per block of a packed pass: as many as fit in this many LoRA columns (blocks * r). Measured on the
-# 2-core Xeon (AMX) of docs/RESULTS.md, forward + backward of one wrapped linear at a ReST-EM step's shapes
-# (r=16, 4-32 adapters of 45-200 tokens; benchmarks/packed_lora.py): 8 adapters per block (128 columns) were
-# fastest or within noise at every shape; 1 per block (a loop over adapters) up to 2x slower, all in one block
-# 1.5x slower at 32 adapters (its wasted FLOPs grow with the square of the adapter count).
+# Adapters per block of a packed pass: as many as fit in this many LoRA columns (adapters * r). Chosen with
+# benchmarks/packed_lora.py (one wrapped linear at a ReST-EM step's shapes) on the 2-core Xeon (AMX) of
+# docs/RESULTS.md; whole training calls (train_mfu.py) ran alike with 64, 128 and 256.
 BLOCK_COLUMNS = 128
 
 
@@ -208,9 +206,9 @@ class _SegmentLoRA(torch.autograd.Function):
     so each adapter's tokens are one range. Per block of adapters (`TokenRoute`): h = x[lo:hi] A^T against the
     block's A stacked, masked to each token's own adapter, then y[lo:hi] += h B^T, and the backward is four
     plain matmuls whose products are the block's stacked gradients directly. Plain matmuls, not one small
-    matmul per adapter or a bmm over a gathered grid of token chunks (the layout before session 8): on a CPU
-    with AMX a bf16 mm of these shapes runs ~10x the rate of such a bmm, and a gather-free layout also drops
-    the grid's index_select copies (measured: 2x less LoRA time per linear at 8 adapters, see RESULTS).
+    matmul per adapter or a bmm over a gathered grid of token chunks (the layout before session 8): on the
+    AMX CPU of docs/RESULTS.md the grid's rank-16 bmm ran at ~100 GFLOP/s against ~1,100 for the step's mm
+    (step_profile.py), and a gather-free layout also drops the grid's index_select copies.
     y, the frozen base layer's fresh output, which no other autograd node saved, is updated in place. y is
     the first input: when it is a view (F.linear with a bias returns one for 3-D input), autograd's
     CopySlices, which rebases an in-place change of a view, takes the first input's gradient as the view's."""

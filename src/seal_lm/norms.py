@@ -3,8 +3,8 @@
 transformers' Llama-style RMSNorm (`LlamaRMSNorm` and its copies: Qwen2, Mistral, ...) is eight ops under
 autograd: a cast to fp32, pow, mean, add, rsqrt, mul, a cast back and the weight's mul, and about twelve in
 the backward, each a pass over a [tokens, hidden] tensor. A SEAL training step runs 2 * layers + 1 of them on
-short packed rows, where those passes are a visible share of the step (measured on the 2-core Xeon of
-docs/RESULTS.md at 1117 tokens x 576: 3.1 ms forward + backward per norm, 61 norms, ~9% of a step). Here the
+short packed rows, where those passes are a visible share of the step (on the 2-core Xeon of docs/RESULTS.md
+this node cut a ReST-EM round's training calls by ~12%: train_mfu.py, session 8). Here the
 forward is the same arithmetic in the same order (bit-identical outputs) and the backward is written out:
 five passes. Only for a frozen weight (SEAL trains LoRA adapters, never the norms): a norm whose weight
 requires grad runs transformers' own forward.
