@@ -44,7 +44,7 @@ class LocalExecutor:
 
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         """Yields each group's results as soon as it is done (so callers can log them at once)."""
-        for group in group_jobs(jobs, self.n_slots):
+        for group in group_jobs(jobs, self.n_slots, self.evaluator.spec.training_steps):
             yield self.evaluator.run(group)
 
     def close(self) -> None:
@@ -68,7 +68,7 @@ class ProcessExecutor:
         self.threads, self.all_threads = max(1, cores // workers), cores
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_worker, initargs=(spec,))
-        self.n_slots = spec.n_slots
+        self.spec, self.n_slots = spec, spec.n_slots
         self.progress = progress  # workers show no bars; sampling calls get one here (evaluations: run_jobs)
 
     def _threads(self, n_tasks: int) -> int:
@@ -92,7 +92,7 @@ class ProcessExecutor:
     def run(self, jobs: Sequence[Job]) -> Iterator[list[JobResult]]:
         from concurrent.futures import as_completed
 
-        groups = group_jobs(jobs, self.n_slots)
+        groups = group_jobs(jobs, self.n_slots, self.spec.training_steps)
         futures = [self.pool.submit(_worker_run, group, self._threads(len(groups))) for group in groups]
         try:
             for f in as_completed(futures):  # results are keyed by job, so order is irrelevant
@@ -151,7 +151,7 @@ class RayExecutor:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         actor_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(_EvaluatorActor)
         self.actors = [actor_cls.remote(spec) for _ in range(n_actors)]
-        self.n_slots = spec.n_slots
+        self.spec, self.n_slots = spec, spec.n_slots
         self.progress = progress
 
     def sample_self_edits(self, contexts: Sequence[Any], k: int, cfg: GenerationConfig, seed: int):
@@ -170,7 +170,7 @@ class RayExecutor:
 
         pool = ActorPool(self.actors)
         # map_unordered yields finished groups first; results are keyed by job, so order is irrelevant.
-        yield from pool.map_unordered(lambda a, g: a.run.remote(g), group_jobs(jobs, self.n_slots))
+        yield from pool.map_unordered(lambda a, g: a.run.remote(g), group_jobs(jobs, self.n_slots, self.spec.training_steps))
 
     def close(self) -> None:
         for a in self.actors:
