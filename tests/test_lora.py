@@ -531,3 +531,43 @@ def test_batched_adamw_with_a_grad_laid_out_unlike_its_parameter():
     BatchedAdamW([p], 2).step(torch.tensor([0.1, 0.1]), torch.tensor([True, True]))
     torch.optim.AdamW([q], lr=0.1, weight_decay=0.0).step()
     torch.testing.assert_close(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("small_block", [0, 1 << 20])
+def test_segment_lora_in_bf16_small_blocks_in_fp32_and_large_in_bf16(small_block, monkeypatch):
+    """On a bf16 pass a block of at most SMALL_BLOCK tokens x columns runs its matmuls in fp32, a larger one in
+    bf16; both give the fp64 reference's output and gradients to bf16 precision."""
+    import seal_lm.lora as lora_mod
+    from seal_lm.lora import TokenRoute, _SegmentLoRA
+
+    monkeypatch.setattr(lora_mod, "SMALL_BLOCK", small_block)
+    g = torch.Generator().manual_seed(0)
+    k, r, d_in, d_out, T = 3, 4, 32, 24, 40
+    segments = [(0, 0, 12), (2, 12, 30), (1, 31, 40)]  # token 30 has no adapter
+    A0, B0 = torch.randn(k, r, d_in, generator=g), torch.randn(k, d_out, r, generator=g) * 0.3
+    x0 = torch.randn(1, T, d_in, generator=g).bfloat16()
+    y0 = torch.randn(1, T, d_out, generator=g).bfloat16()
+    w = torch.randn(1, T, d_out, generator=g)  # the loss's weights
+    route = TokenRoute.build(segments, T, "cpu", r, per_block=2)
+    assert [b.small for b in route.blocks] == [bool(small_block)] * 2
+
+    def grads(dtype, fn):
+        A, B = torch.nn.Parameter(A0.clone()), torch.nn.Parameter(B0.clone())
+        x = x0.detach().to(dtype).clone().requires_grad_(True)
+        y_leaf = y0.detach().to(dtype).clone().requires_grad_(True)
+        out = fn(x, y_leaf * 1, A, B)
+        (out.double() * w.double()).sum().backward()
+        return out.detach().double(), x.grad.double(), A.grad.double(), B.grad.double()
+
+    def reference(x, y, A, B):
+        out = y
+        for j, lo, hi in segments:
+            sel = torch.zeros(T, 1, dtype=x.dtype)
+            sel[lo:hi] = 1
+            out = out + 2.0 * sel * ((x[0] @ A[j].to(x.dtype).t()) @ B[j].to(x.dtype).t())
+        return out
+
+    ours = grads(torch.bfloat16, lambda x, y, A, B: _SegmentLoRA.apply(y, x, A, B, route, 2.0, False))
+    want = grads(torch.float64, reference)
+    for got, ref in zip(ours, want):
+        torch.testing.assert_close(got, ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())

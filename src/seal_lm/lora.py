@@ -138,6 +138,11 @@ class _RowLoRA(torch.autograd.Function):
 # benchmarks/packed_lora.py (one wrapped linear at a ReST-EM step's shapes) on the 2-core Xeon (AMX) of
 # docs/RESULTS.md; whole training calls (train_mfu.py) ran alike with 64, 128 and 256.
 BLOCK_COLUMNS = 128
+# A block of at most this many tokens x columns runs its LoRA matmuls in fp32 on a bf16 pass: a bf16 matmul
+# has a fixed cost per call (oneDNN) that tiny ones never amortise, while fp32 ones of that size take a few
+# microseconds (on the AMX Xeon of docs/RESULTS.md) and need no cast of the fp32 adapters; e.g. the lone
+# adapter of a lockstep group's tail, one row of ~60 tokens at r=16.
+SMALL_BLOCK = 2048
 
 
 @dataclass
@@ -149,6 +154,7 @@ class RouteBlock:
     hi: int
     mask: torch.Tensor | None  # [hi - lo, len(slots) * r]: 1 where the token's adapter owns the column; None: one adapter
     index: torch.Tensor | None  # the slots as an index tensor, None when they are a contiguous range
+    small: bool = False  # at most SMALL_BLOCK tokens x columns: fp32 matmuls on a bf16 pass
     _masks: dict = field(default_factory=dict)  # (dtype, scale) -> mask * scale in dtype
 
     def take(self, stacked: torch.Tensor) -> torch.Tensor:
@@ -194,7 +200,7 @@ class TokenRoute:
                 mask = mask.to(device)
             contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             index = None if contiguous else torch.tensor(slots, dtype=torch.long, device=device)
-            blocks.append(RouteBlock(slots, lo, hi, mask, index))
+            blocks.append(RouteBlock(slots, lo, hi, mask, index, (hi - lo) * len(part) * r <= SMALL_BLOCK))
         covered = sum(hi - lo for _, lo, hi in segments)
         return cls(blocks, n_tokens, covered == n_tokens)
 
@@ -218,10 +224,14 @@ class _SegmentLoRA(torch.autograd.Function):
         x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
         saved = []
         for blk in route.blocks:
-            a = blk.take(lora_A).to(x.dtype).reshape(-1, x2.shape[1])  # [G*r, in]
-            bt = blk.take(lora_B).to(x.dtype).transpose(1, 2).reshape(-1, y2.shape[1])  # [G*r, out]
-            h = (x2[blk.lo : blk.hi] @ a.t()).mul_(blk.scale_of(x.dtype, scale))  # [n, G*r], scaled, masked
-            y2[blk.lo : blk.hi].addmm_(h, bt)
+            cd = _block_dtype(blk, x.dtype)
+            a = blk.take(lora_A).to(cd).reshape(-1, x2.shape[1])  # [G*r, in]
+            bt = blk.take(lora_B).to(cd).transpose(1, 2).reshape(-1, y2.shape[1])  # [G*r, out]
+            h = (x2[blk.lo : blk.hi].to(cd) @ a.t()).mul_(blk.scale_of(cd, scale))  # [n, G*r], scaled, masked
+            if cd == y.dtype:
+                y2[blk.lo : blk.hi].addmm_(h, bt)
+            else:
+                y2[blk.lo : blk.hi].add_(h @ bt)
             saved += [a, bt, h]
         ctx.save_for_backward(x2, *saved)
         ctx.route, ctx.scale, ctx.params, ctx.in_place = route, scale, (lora_A, lora_B), grads_in_place
@@ -243,17 +253,26 @@ class _SegmentLoRA(torch.autograd.Function):
         grad_b = _RowsInto(lora_B, ctx.in_place) if need_b else None
         for i, blk in enumerate(route.blocks):
             a, bt, h = saved[3 * i : 3 * i + 3]
-            g_blk = g2[blk.lo : blk.hi]
-            g_h = (g_blk @ bt.t()).mul_(blk.scale_of(g.dtype, ctx.scale))  # d loss / d (x A^T), own columns only
+            cd = h.dtype
+            g_blk = g2[blk.lo : blk.hi].to(cd)
+            g_h = (g_blk @ bt.t()).mul_(blk.scale_of(cd, ctx.scale))  # d loss / d (x A^T), own columns only
             if need_x:
-                torch.mm(g_h, a, out=grad_x[blk.lo : blk.hi])
+                if cd == grad_x.dtype:
+                    torch.mm(g_h, a, out=grad_x[blk.lo : blk.hi])
+                else:
+                    grad_x[blk.lo : blk.hi] = g_h @ a
             n = len(blk.slots)
             if need_a:
-                grad_a.add(blk, (g_h.t() @ x2[blk.lo : blk.hi]).view(n, -1, x2.shape[1]))  # [G, r, in]
+                grad_a.add(blk, (g_h.t() @ x2[blk.lo : blk.hi].to(cd)).view(n, -1, x2.shape[1]))  # [G, r, in]
             if need_b:
                 grad_b.add(blk, (g_blk.t() @ h).view(g2.shape[1], n, -1).transpose(0, 1))  # [G, out, r]
         return ((g if need_y else None), (grad_x.view(ctx.x_shape) if need_x else None),
                 (grad_a.result() if need_a else None), (grad_b.result() if need_b else None), None, None, None)
+
+
+def _block_dtype(blk: RouteBlock, dtype: torch.dtype) -> torch.dtype:
+    """A small block's LoRA matmuls run in fp32 on a bf16 pass (see SMALL_BLOCK)."""
+    return torch.float32 if blk.small and dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 class _RowsInto:
