@@ -161,6 +161,13 @@ class RouteBlock:
         """The block's slices of a stacked [K, ...] adapter tensor (a view when the slots are a range)."""
         return stacked[self.slots[0] : self.slots[-1] + 1] if self.index is None else stacked.index_select(0, self.index)
 
+    def add_into(self, stacked: torch.Tensor, rows: torch.Tensor) -> None:
+        """stacked[slots] += rows (the inverse of take)."""
+        if self.index is None:
+            stacked[self.slots[0] : self.slots[-1] + 1].add_(rows)
+        else:
+            stacked.index_add_(0, self.index, rows.to(stacked.dtype))
+
     def scale_of(self, dtype: torch.dtype, scale: float):
         """What h = x A^T is multiplied by: the scale (one adapter) or the scaled mask, made once per pass."""
         if self.mask is None:
@@ -180,7 +187,6 @@ class TokenRoute:
     token keeps only its own adapter's r columns: every adapter's exact update, G times its FLOPs."""
 
     blocks: list[RouteBlock]
-    n_tokens: int
     covers_all: bool  # every token of the pass belongs to some adapter
 
     @classmethod
@@ -202,7 +208,7 @@ class TokenRoute:
             index = None if contiguous else torch.tensor(slots, dtype=torch.long, device=device)
             blocks.append(RouteBlock(slots, lo, hi, mask, index, (hi - lo) * len(part) * r <= SMALL_BLOCK))
         covered = sum(hi - lo for _, lo, hi in segments)
-        return cls(blocks, n_tokens, covered == n_tokens)
+        return cls(blocks, covered == n_tokens)
 
 
 class _SegmentLoRA(torch.autograd.Function):
@@ -279,14 +285,11 @@ class _RowsInto:
     """The [K, ...] gradient of a stacked adapter parameter, accumulated block by block (see _add_rows)."""
 
     def __init__(self, param: nn.Parameter, in_place: bool):
-        self.param, self.in_place = param, in_place and param.grad is not None
+        self.in_place = in_place and param.grad is not None
         self.grad = param.grad if self.in_place else torch.zeros_like(param)
 
     def add(self, blk: RouteBlock, rows: torch.Tensor) -> None:
-        if blk.index is None:
-            self.grad[blk.slots[0] : blk.slots[-1] + 1].add_(rows)
-        else:
-            self.grad.index_add_(0, blk.index, rows.to(self.grad.dtype))
+        blk.add_into(self.grad, rows)
 
     def result(self) -> torch.Tensor | None:
         return None if self.in_place else self.grad
