@@ -181,7 +181,8 @@ def group_jobs(jobs: Sequence[Job], n_slots: int, steps: Callable[[Job], int] | 
     costing most of a full step's fixed cost. Within each window of 4 * n_slots updating jobs (in list order,
     so a run stopped part-way still has the first contexts' updates complete) the jobs are grouped by length,
     longest first (which also hands the longest groups out first to parallel workers). Measured on a ReST-EM
-    round (runs/s8-new-local, 64 self-edits in groups of 8): 155 lockstep steps in list order, 100 this way."""
+    round (benchmarks/lockstep_steps.py runs/s8-new-local: 64 self-edits in groups of 8): 155 lockstep steps in
+    list order, 100 this way."""
     updating = [j for j in jobs if j.update]
     base = [j for j in jobs if not j.update]
     if steps is not None:
