@@ -5,7 +5,7 @@ plan's. This rebuilds the round's evaluation jobs (the recorded self-edits, in t
 counts, with `inner_loop.group_jobs` itself: adapter-steps, lockstep steps in list order, with the default
 length grouping (windows of 4 x slots), and with one window over all jobs. No model is run.
 
-    python benchmarks/lockstep_steps.py runs/s8-new-local [--round 1]
+    python benchmarks/lockstep_steps.py runs/s8-new-local [--round 1] [--slots N]
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--round", type=int, default=1)
+    ap.add_argument("--slots", type=int, default=None, help="adapters per group (default: the run's --slots)")
     args = ap.parse_args(argv)
     cfg, units, passages, domain, _ = load_knowledge_run(Path(args.run))
+    cfg.slots = args.slots or cfg.slots
     spec = EvaluatorSpec(model=cfg.model, domain=domain, train=cfg.train, n_slots=cfg.slots)
     jobs = [Job(f"{key}/{i}", passages[key.split("/")[2]], text)
             for key, u in units.items() if key.startswith(f"r{args.round}/gen/")

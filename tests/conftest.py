@@ -52,7 +52,9 @@ def matches_local_executor(tmp_path):
                          lora=LoRAConfig(r=2, alpha=4), train=TrainConfig(epochs=2, learning_rate=1e-2, compute_dtype="float32"),
                          n_slots=2, device="cpu", dtype="float32")
     jobs = [Job(f"base/{i}", p, update=False) for i, p in enumerate(passages)]
-    jobs += [Job(f"edit/{i}/{s}", p, "A fact about it.\nAnother fact.", seed=s) for i, p in enumerate(passages) for s in range(2)]
+    # self-edits of different lengths, so the length grouping (inner_loop.group_jobs) really reorders the jobs
+    jobs += [Job(f"edit/{i}/{s}", p, "A fact about it.\nAnother fact." + "\nOne more fact." * ((i + s) % 3), seed=s)
+             for i, p in enumerate(passages) for s in range(2)]
     gen = GenerationConfig(max_new_tokens=6, batch_size=2)  # one context per sampling call: several calls
 
     def outputs(ex, name):

@@ -25,3 +25,50 @@ def test_training_steps_of_a_job():
     assert spec.training_steps(Job("a", p, "line one\nline two\nline three")) == 3 * 2
     assert spec.training_steps(Job("b", p, "   ")) == 0  # no usable lines: invalid, scored 0 untrained
     assert spec.training_steps(Job("c", p, update=False)) == 0
+
+
+def test_results_do_not_depend_on_which_jobs_share_a_group():
+    """A job's training and answers are its own whoever shares its group: the length grouping only changes the
+    schedule (session 8 saw rewards drop with it in one bf16 processes run; this pins the fp32 logic)."""
+    from pathlib import Path
+
+    import pytest
+
+    from seal_lm.engine import GenerationConfig
+    from seal_lm.inner_loop import SelfEditEvaluator
+    from seal_lm.knowledge.data import load_passages
+    from seal_lm.lora import LoRAConfig
+
+    import torch
+
+    class ProbedDomain(KnowledgeDomain):
+        """The knowledge evaluation plus a fingerprint of the model each job is answered with (the tiny random
+        model's answers are mostly empty strings, which would not tell adapters apart)."""
+
+        def evaluate(self, engine, contexts, slots):
+            out = super().evaluate(engine, contexts, slots)
+            ids = engine.tokenizer("The bridge was built by", return_tensors="pt")
+            for slot, o in zip(slots, out):
+                with torch.no_grad(), engine.lora.use(torch.tensor([engine.base_slot if slot is None else slot])):
+                    o["probe"] = engine.model(**ids).logits.double().square().mean().item()
+            return out
+
+    passages = load_passages(Path(__file__).parent / "fixtures" / "knowledge" / "tiny_squad.json")
+    spec = EvaluatorSpec(model="tiny-random", domain=ProbedDomain(answer=GenerationConfig(max_new_tokens=4, temperature=0.0)),
+                         lora=LoRAConfig(r=2, alpha=4), train=TrainConfig(epochs=2, learning_rate=1e-2, compute_dtype="float32"),
+                         n_slots=3, device="cpu", dtype="float32")
+    texts = ["One fact.", "A fact.\nAnother fact.\nA third fact.\nAnd a fourth.", "Two facts.\nYes, two.",
+             "A long run of facts.\nMore.\nMore again.\nStill more.\nThe last one.\nReally the last.", "Short.", "Also short."]
+    jobs = [Job(f"e{i}", passages[i % len(passages)], t, seed=i) for i, t in enumerate(texts)]
+    evaluator = SelfEditEvaluator(spec, progress=False)
+    in_order = group_jobs(jobs, 3)
+    by_length = group_jobs(jobs, 3, spec.training_steps)
+    assert [[j.key for j in g] for g in in_order] != [[j.key for j in g] for g in by_length]  # really regrouped
+    want = {r.key: r for g in in_order for r in evaluator.run(g)}
+    got = {r.key: r for g in by_length for r in evaluator.run(g)}
+    for key, r in want.items():
+        assert got[key].score == r.score and got[key].details["answers"] == r.details["answers"]
+        assert got[key].final_loss == pytest.approx(r.final_loss, rel=1e-5)
+        assert got[key].details["probe"] == pytest.approx(r.details["probe"], rel=1e-6)
+    probes = sorted(r.details["probe"] for r in want.values())
+    assert all(b - a > 1e-6 * b for a, b in zip(probes, probes[1:]))  # every job's adapter answers differently

@@ -134,10 +134,12 @@ class _RowLoRA(torch.autograd.Function):
         return grad_x, (g if need_y else None), grad_a, grad_b, None, None, None
 
 
-# Adapters per block of a packed pass: as many as fit in this many LoRA columns (adapters * r). Chosen with
-# benchmarks/packed_lora.py (one wrapped linear at a ReST-EM step's shapes) on the 2-core Xeon (AMX) of
-# docs/RESULTS.md; whole training calls (train_mfu.py) ran alike with 64, 128 and 256.
-BLOCK_COLUMNS = 128
+# Adapters per block of a packed pass: as many as fit in this many LoRA columns (adapters * r). A block computes
+# every adapter's columns for every token and masks all but the token's own, so its LoRA FLOPs are (adapters per
+# block) x the useful ones; fewer adapters per block means more, smaller matmul calls. Whole training calls
+# (benchmarks/train_mfu.py, docs/RESULTS.md): on the 2-core Xeon with AMX (session 8) 64, 128 and 256 ran alike;
+# on the 2-core Zen 4 EPYC of session 9, whose bf16 matmul peak is ~5x lower, 64 beat 128 by ~6% and 16 and 32 were no faster.
+BLOCK_COLUMNS = 64
 # A block of at most this many tokens x columns runs its LoRA matmuls in fp32 on a bf16 pass: a bf16 matmul
 # has a fixed cost per call (oneDNN) that tiny ones never amortise, while fp32 ones of that size take a few
 # microseconds (on the AMX Xeon of docs/RESULTS.md) and need no cast of the fp32 adapters; e.g. the lone
