@@ -48,10 +48,11 @@ def padded(q, k, v, lens):
 
 
 def native_gqa(q, k, v, lens):
+    dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     outs = [F.scaled_dot_product_attention(a, b, c, is_causal=True, enable_gqa=True, scale=D ** -0.5)
             for a, b, c in zip(q.split(lens, 2), k.split(lens, 2), v.split(lens, 2))]
-    return torch.cat(outs, 2).transpose(1, 2).to(torch.bfloat16)
+    return torch.cat(outs, 2).transpose(1, 2).to(dtype)
 
 
 def inputs(lens):

@@ -6,7 +6,7 @@ the round's evaluator does, and prints per group: wall seconds, steps, real and 
 floor (benchmarks/inner_loop.py's accounting: useful FLOPs only, at the matmul peak measured here) and
 MFU. The last line is `training MFU: N.N%`. Only training is timed — no sampling, answering or grading.
 
-    python benchmarks/train_mfu.py runs/rl2 --round 1 [--groups 8] [--threads 2]
+    python benchmarks/train_mfu.py runs/rl2 --round 1 [--groups 8] [--threads 2] [--block-columns 64]
 
 Run it on an idle machine; to compare code versions, point PYTHONPATH at another checkout's src/.
 """
@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from inner_loop import load_knowledge_run, lora_in_out_sum, measure_peak, model_dims, train_flops  # noqa: E402
 
+from seal_lm import lora as lora_mod  # noqa: E402
 from seal_lm.engine import Engine, resolve_compute_dtype  # noqa: E402
 
 
@@ -33,12 +34,15 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", type=int, default=None, help="only the first N groups (default: all)")
     ap.add_argument("--slots", type=int, default=None, help="adapters per group (default: the run's --slots)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--block-columns", type=int, default=None, help="override lora.BLOCK_COLUMNS (adapters per packed block x r)")
     ap.add_argument("--dtype", default=None, help="base-model dtype (default: the run's)")
     ap.add_argument("--compute-dtype", default=None,
                     help="train.compute_dtype (default: the run's; runs that predate it trained in the model dtype)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.block_columns:
+        lora_mod.BLOCK_COLUMNS = args.block_columns
     run = Path(args.run)
     cfg, units, passages, domain, loaded = load_knowledge_run(run, args.dtype, args.compute_dtype)
     gens = [u for key, u in units.items() if key.startswith(f"r{args.round}/gen/")]

@@ -1,9 +1,15 @@
 """Job groups: baselines first, updating jobs grouped by training length within windows of 4 * n_slots."""
 
-from seal_lm.engine import TrainConfig
-from seal_lm.inner_loop import EvaluatorSpec, Job, group_jobs
-from seal_lm.knowledge.data import Passage, Question
+from pathlib import Path
+
+import pytest
+import torch
+
+from seal_lm.engine import GenerationConfig, TrainConfig
+from seal_lm.inner_loop import EvaluatorSpec, Job, SelfEditEvaluator, group_jobs
+from seal_lm.knowledge.data import Passage, Question, load_passages
 from seal_lm.knowledge.domain import KnowledgeDomain
+from seal_lm.lora import LoRAConfig
 
 
 def test_groups_by_training_length_within_windows():
@@ -30,16 +36,6 @@ def test_training_steps_of_a_job():
 def test_results_do_not_depend_on_which_jobs_share_a_group():
     """A job's training and answers are its own whoever shares its group: the length grouping only changes the
     schedule (session 8 saw rewards drop with it in one bf16 processes run; this pins the fp32 logic)."""
-    from pathlib import Path
-
-    import pytest
-
-    from seal_lm.engine import GenerationConfig
-    from seal_lm.inner_loop import SelfEditEvaluator
-    from seal_lm.knowledge.data import load_passages
-    from seal_lm.lora import LoRAConfig
-
-    import torch
 
     class ProbedDomain(KnowledgeDomain):
         """The knowledge evaluation plus a fingerprint of the model each job is answered with (the tiny random
@@ -49,7 +45,7 @@ def test_results_do_not_depend_on_which_jobs_share_a_group():
             out = super().evaluate(engine, contexts, slots)
             ids = engine.tokenizer("The bridge was built by", return_tensors="pt")
             for slot, o in zip(slots, out):
-                with torch.no_grad(), engine.lora.use(torch.tensor([engine.base_slot if slot is None else slot])):
+                with torch.no_grad(), engine.lora.use(slot):  # (None: the bare base model)
                     o["probe"] = engine.model(**ids).logits.double().square().mean().item()
             return out
 
