@@ -7,7 +7,8 @@ side, masked so each token keeps its own adapter's columns. One adapter per bloc
 with the square of the adapter count). This times the choices at a ReST-EM step's shapes (SmolLM2-135M's
 projections, r=16, each adapter a passage-or-line of 45-200 tokens plus a line) and an ARC-like one (r=128,
 two adapters), in the training dtype, with gradients added in place as Engine.train does, and prints the LoRA's milliseconds on top of the bare linear's.
-`lora.BLOCK_COLUMNS` (adapters per block = BLOCK_COLUMNS // r) is the default the `default` column uses.
+The `default` column is what training uses: `lora.adapters_per_block(r, dtype)` (BLOCK_COLUMNS // r in bf16,
+FP32_BLOCK_COLUMNS // r in fp32).
 
     python benchmarks/packed_lora.py [--dtype bfloat16] [--reps 20]
 """
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from seal_lm.lora import BLOCK_COLUMNS, TokenRoute, _SegmentLoRA
+from seal_lm.lora import BLOCK_COLUMNS, FP32_BLOCK_COLUMNS, TokenRoute, _SegmentLoRA, adapters_per_block
 
 
 def lengths(n_adapters: int, seed: int = 0) -> list[int]:
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     blocks = [1, 2, 4, 8, 16, 32]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; ms of LoRA on top of the bare "
-          f"linear (forward + backward) by adapters per block; default = BLOCK_COLUMNS {BLOCK_COLUMNS} // r")
+          f"linear (forward + backward) by adapters per block; default = adapters_per_block "
+          f"(BLOCK_COLUMNS {BLOCK_COLUMNS} // r in bf16, FP32_BLOCK_COLUMNS {FP32_BLOCK_COLUMNS} // r in fp32)")
     print("| adapters | r | in x out | tokens | bare linear ms | " + " | ".join(str(b) for b in blocks) + " | default |")
     print("|" + "---|" * (len(blocks) + 6))
     cases = [(k, 16, io) for k in (4, 8, 16, 32) for io in ((576, 576), (576, 192), (576, 1536), (1536, 576))]
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
 
         base = time_ms(bare, args.reps)
         cells = [f"{time_ms(packed(p), args.reps) - base:.2f}" if p <= k else "" for p in blocks]
-        default = time_ms(packed(None), args.reps) - base
+        default = time_ms(packed(adapters_per_block(r, dt)), args.reps) - base
         print(f"| {k} | {r} | {d_in}x{d_out} | {t} | {base:.2f} | " + " | ".join(cells) + f" | {default:.2f} |", flush=True)
     return 0
 

@@ -29,19 +29,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--adapters", default="2,8,32", help="comma-separated adapter counts (one group each)")
     ap.add_argument("--compute-dtype", default="auto")
-    ap.add_argument("--block-columns", type=int, default=None, help="override lora.BLOCK_COLUMNS")
+    ap.add_argument("--block-columns", type=int, default=None, help="override lora.BLOCK_COLUMNS and lora.FP32_BLOCK_COLUMNS")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.block_columns:
-        lora_mod.BLOCK_COLUMNS = args.block_columns
+    if args.block_columns:  # both dtypes' defaults, so the override holds whatever the training dtype
+        lora_mod.BLOCK_COLUMNS = lora_mod.FP32_BLOCK_COLUMNS = args.block_columns
     ks = [int(x) for x in args.adapters.split(",")]
     loaded = load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32)
     engine = Engine(loaded, n_slots=max(ks), lora=LoRAConfig(r=16, alpha=32))
     cfg = TrainConfig(learning_rate=1e-3, epochs=3, batch_size=2, compute_dtype=args.compute_dtype)
     print(f"torch threads {torch.get_num_threads()}, train.compute_dtype {args.compute_dtype}, "
-          f"BLOCK_COLUMNS {lora_mod.BLOCK_COLUMNS}")
+          f"BLOCK_COLUMNS {lora_mod.BLOCK_COLUMNS} (fp32: {lora_mod.FP32_BLOCK_COLUMNS})")
     print("| adapters | steps | tokens | wall s | ms/step | ms/token | max RSS GB |")
     print("|---|---|---|---|---|---|---|")
     for k in ks:

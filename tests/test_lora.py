@@ -147,13 +147,17 @@ def _train_packed_and_padded(loaded, plans, n_slots, slots):
     return p, q
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_training_equals_padded(tiny, attention):
+@pytest.mark.parametrize("attention,block_columns", [("sdpa", 64), ("eager", 64), ("sdpa", 4)])
+def test_packed_training_equals_padded(tiny, attention, block_columns, monkeypatch):
     """Packed steps (the CPU default: one row, no padding, attention split per sequence, adapters by token
     range) train exactly like padded batches, with adapters sharing a step and rows of different lengths.
     In float64: in fp32 Adam turns summation-order noise on ~0 gradients into weight differences of ~1e-3.
     With `eager` attention (what `batching: packed` meets off the CPU-sdpa path) transformers must mask
-    attention to each sequence from the restarting position ids."""
+    attention to each sequence from the restarting position ids. block_columns 64 puts every adapter of a
+    pass in one masked block (r=4), 4 gives each its own block (how fp32 passes run, FP32_BLOCK_COLUMNS)."""
+    from seal_lm import lora
+
+    monkeypatch.setattr(lora, "BLOCK_COLUMNS", block_columns)  # a float64 pass takes the non-fp32 default
     tiny.model.set_attn_implementation(attention)
     plans = [TrainPlan([("Q: where? A:", " Brask, by the river."), ("", "The seven bridges of Brask cross the "
                                                                    "river Ul, which runs under all of them.")], seed=1),
@@ -574,3 +578,26 @@ def test_segment_lora_in_bf16_small_blocks_in_fp32_and_large_in_bf16(small_block
     want = grads(torch.float64, reference)
     for got, ref in zip(ours, want):
         torch.testing.assert_close(got, ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("compute_dtype,per_block", [("float32", "fp32"), ("bfloat16", "bf16")])
+def test_packed_passes_group_adapters_by_the_compute_dtype(tiny, compute_dtype, per_block, monkeypatch):
+    """fp32 passes give each adapter its own block (FP32_BLOCK_COLUMNS // r), bf16 ones share masked blocks
+    of BLOCK_COLUMNS // r adapters: the per-dtype choice measured in docs/RESULTS.md reaches Engine.train."""
+    from seal_lm import lora
+
+    built = []
+    real_build = lora.TokenRoute.build.__func__
+
+    def spy(cls, segments, n_tokens, device, r, per_block=None):
+        route = real_build(cls, segments, n_tokens, device, r, per_block)
+        built.append([len(b.slots) for b in route.blocks])
+        return route
+
+    monkeypatch.setattr(lora.TokenRoute, "build", classmethod(spy))
+    monkeypatch.setattr(lora, "BLOCK_COLUMNS", 8)  # 2 adapters per block at r=4
+    monkeypatch.setattr(lora, "FP32_BLOCK_COLUMNS", 4)  # 1
+    eng = Engine(tiny, n_slots=3, lora=LoRAConfig(r=4, alpha=8))
+    eng.train(PLANS, dataclasses.replace(CFG, batching="packed", compute_dtype=compute_dtype), progress=False)
+    assert built and built[0] == ([1, 1, 1] if per_block == "fp32" else [2, 1])
+    assert all(max(sizes) <= (1 if per_block == "fp32" else 2) for sizes in built)  # later steps: fewer adapters

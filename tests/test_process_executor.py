@@ -7,12 +7,15 @@ from seal_lm.inner_loop import EvaluatorSpec
 
 
 def test_processes_match_local(matches_local_executor):
-    matches_local_executor(lambda spec: make_executor(spec, "processes", workers=2, progress=False))
+    # 1 torch thread per task, as the fixture's local reference runs (see there)
+    matches_local_executor(lambda spec: ProcessExecutor(spec, workers=2, progress=False, threads=1))
 
 
 def test_processes_executor_rejects_bad_worker_counts():
     with pytest.raises(ValueError, match="workers"):
         ProcessExecutor(EvaluatorSpec(model="tiny-random", domain=None), workers=0)
+    with pytest.raises(ValueError, match="threads"):
+        ProcessExecutor(EvaluatorSpec(model="tiny-random", domain=None), workers=1, threads=0)
     with pytest.raises(ValueError, match="processes"):
         make_executor(EvaluatorSpec(model="tiny-random", domain=None), "threads")
     from seal_lm.knowledge.train import KnowledgeTrainConfig

@@ -272,6 +272,7 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         dev = self.device
         model = self.compute_model(cfg.compute_dtype)
+        compute_dtype = resolve_compute_dtype(cfg.compute_dtype, next(self.model.parameters()).dtype, dev)
         # A CPU computes every padded token, so rows of very different lengths run as separate passes.
         # A GPU running a small model is bound by kernel launches, not FLOPs: each extra pass costs far
         # more than the padding it saves (measured on an H100, see docs/RESULTS.md), so one pass per step.
@@ -310,7 +311,8 @@ class Engine:
                     if packed:  # rows sorted by slot: each adapter's tokens are one range
                         lengths = batch["seal_seq_lengths"]
                         plan_of_pos = torch.repeat_interleave(torch.tensor(plan_of_row), torch.tensor(lengths))[None]
-                        route = self.lora.packed(_token_ranges([slots[k] for k in plan_of_row], lengths), sum(lengths))
+                        route = self.lora.packed(_token_ranges([slots[k] for k in plan_of_row], lengths), sum(lengths),
+                                                 compute_dtype)
                     else:
                         plan_of_pos = torch.tensor(plan_of_row)[:, None].expand_as(batch["input_ids"])
                         route = self.lora.use(torch.tensor([slots[k] for k in plan_of_row]))

@@ -58,7 +58,8 @@ class ProcessExecutor:
     `spawn` (a forked torch with threads already running can deadlock), so a script using it from Python
     must guard its entry point with `if __name__ == "__main__":` (the `seal` command does)."""
 
-    def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True):
+    def __init__(self, spec: EvaluatorSpec, workers: int = 2, progress: bool = True, threads: int | None = None):
+        """`threads`: torch threads of every task (default: cores // workers, and all cores for a lone task)."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -66,6 +67,10 @@ class ProcessExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads, self.all_threads = max(1, cores // workers), cores
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            self.threads = self.all_threads = threads
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_init_worker, initargs=(spec,))
         self.spec, self.n_slots = spec, spec.n_slots

@@ -140,6 +140,16 @@ class _RowLoRA(torch.autograd.Function):
 # (benchmarks/train_mfu.py, docs/RESULTS.md): on the 2-core Xeon with AMX (session 8) 64, 128 and 256 ran alike;
 # on the 2-core Zen 4 EPYC of session 9, whose bf16 matmul peak is ~5x lower, 64 beat 128 by ~6% and 16 and 32 were no faster.
 BLOCK_COLUMNS = 64
+# The same for fp32 passes (a CPU without native bf16 matmuls trains in fp32): there a skinny fp32 matmul of one
+# adapter's r columns runs near the speed of a wide one, so the masked columns of a shared block are pure loss.
+# On the AVX2-only 2-core Zen 3 EPYC of session 10: 16 columns (one adapter per block at r=16) trained a round's
+# groups in 180 s against 201 s for 64 and 213 s for 32 (train_mfu.py --block-columns, 3-4 runs each).
+FP32_BLOCK_COLUMNS = 16
+
+
+def adapters_per_block(r: int, dtype: torch.dtype) -> int:
+    """How many adapters share a block of a packed pass in this compute dtype (at least 1)."""
+    return max(1, (FP32_BLOCK_COLUMNS if dtype == torch.float32 else BLOCK_COLUMNS) // r)
 # A block of at most this many tokens x columns runs its LoRA matmuls in fp32 on a bf16 pass: a bf16 matmul
 # has a fixed cost per call (oneDNN) that tiny ones never amortise, while fp32 ones of that size take a few
 # microseconds (on the AMX Xeon of docs/RESULTS.md) and need no cast of the fp32 adapters; e.g. the lone
@@ -194,8 +204,8 @@ class TokenRoute:
     @classmethod
     def build(cls, segments: list[tuple[int, int, int]], n_tokens: int, device, r: int,
               per_block: int | None = None) -> "TokenRoute":
-        """`per_block`: adapters per block (default BLOCK_COLUMNS // r, at least 1)."""
-        per_block = per_block or max(1, BLOCK_COLUMNS // r)
+        """`per_block`: adapters per block (default: adapters_per_block(r, bf16), BLOCK_COLUMNS // r)."""
+        per_block = per_block or adapters_per_block(r, torch.bfloat16)
         blocks = []
         for b in range(0, len(segments), per_block):
             part = segments[b : b + per_block]
@@ -395,10 +405,10 @@ class MultiLoRA:
             self.decode_mask, self._decode_masks = prev_mask
 
     @contextmanager
-    def packed(self, segments: list[tuple[int, int, int]], n_tokens: int):
+    def packed(self, segments: list[tuple[int, int, int]], n_tokens: int, dtype: torch.dtype = torch.float32):
         """A training pass over packed sequences of `n_tokens` tokens in all: tokens [lo, hi) of the (flattened)
         batch use adapter k, for each (k, lo, hi) in `segments` (disjoint ranges, one per adapter, in token
-        order). Tokens in no range get no adapter."""
+        order). Tokens in no range get no adapter. `dtype`: the pass's compute dtype (sets adapters_per_block)."""
         ks = [k for k, _, _ in segments]
         ends = [e for _, lo, hi in segments for e in (lo, hi)]
         if len(set(ks)) != len(ks) or any(not 0 <= k < self.n_adapters for k in ks) or not segments \
@@ -406,7 +416,8 @@ class MultiLoRA:
             raise ValueError(f"packed(): need non-empty ordered token ranges in [0, {n_tokens}) of distinct "
                              f"adapters in [0, {self.n_adapters}), got {segments}")
         prev = self.token_route
-        self.token_route = TokenRoute.build(segments, n_tokens, self.modules[0][1].lora_A.device, self.cfg.r)
+        self.token_route = TokenRoute.build(segments, n_tokens, self.modules[0][1].lora_A.device, self.cfg.r,
+                                            adapters_per_block(self.cfg.r, dtype))
         try:
             yield
         finally:
