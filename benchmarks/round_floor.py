@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     decode_dtype = resolve_compute_dtype(cfg.generation.compute_dtype, model_dtype, dev)
     decoder = engine.compute_model(cfg.generation.compute_dtype)
     # Best of --repeats measurements: some machines' speed drifts by tens of percent within minutes (session 10's
-    # EPYC: fp32 peak 81-141 GFLOP/s), and the fastest rate seen gives the lowest floor (the least flattering ratio).
+    # EPYC: fp32 peak 79.5-155.5 GFLOP/s), and the fastest rate seen gives the lowest floor (the least flattering ratio).
     peak = max(measure_peak(dev, decode_dtype)["flops_per_s"] for _ in range(args.repeats))  # prefill: decoding dtype
     train_peak = peak if train_dtype == decode_dtype else \
         max(measure_peak(dev, train_dtype)["flops_per_s"] for _ in range(args.repeats))

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         total_flops += flops
         print(f"| {gi} | {len(group)} | {stats.seconds:.1f} | {stats.steps} | {stats.tokens} | {stats.padded_tokens} | "
               f"{floor:.1f} | {floor / stats.seconds:.1%} |", flush=True)
-        # Some machines' speed drifts by tens of percent within minutes (session 10's EPYC: 81-141 GFLOP/s): the
+        # Some machines' speed drifts by tens of percent within minutes (session 10's EPYC: 79.5-155.5 GFLOP/s): the
         # peak is re-measured after every group, and the totals use the highest (the lowest MFU it supports).
         peaks.append(measure_peak(loaded.device, train_dtype)["flops_per_s"])
     total_floor = total_flops / max(peaks)

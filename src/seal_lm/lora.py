@@ -150,6 +150,8 @@ FP32_BLOCK_COLUMNS = 16
 def adapters_per_block(r: int, dtype: torch.dtype) -> int:
     """How many adapters share a block of a packed pass in this compute dtype (at least 1)."""
     return max(1, (FP32_BLOCK_COLUMNS if dtype == torch.float32 else BLOCK_COLUMNS) // r)
+
+
 # A block of at most this many tokens x columns runs its LoRA matmuls in fp32 on a bf16 pass: a bf16 matmul
 # has a fixed cost per call (oneDNN) that tiny ones never amortise, while fp32 ones of that size take a few
 # microseconds (on the AMX Xeon of docs/RESULTS.md) and need no cast of the fp32 adapters; e.g. the lone
